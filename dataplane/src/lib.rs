@@ -1,0 +1,1 @@
+//! dataplane: an append-only, log-structured key/value engine and `zdb`.

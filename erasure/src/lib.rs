@@ -1,0 +1,7 @@
+//! zstor: erasure-coded object storage over many zdb backends.
+//!
+//! Layers (bottom to top): shard codec (crc32 framed Reed-Solomon shards), chunk pipeline
+//! (blake3, zstd, AES-256-GCM), chunk stores (zdb, dir, http, zstor), object metadata, and
+//! the operations on top (put, get, check, repair) with the daemon's HTTP API.
+//!
+//! This crate is being built; see the erasure issue.
