@@ -1,4 +1,10 @@
 //! `zos`: one command line for the Zero-OS storage data plane.
+//!
+//! Thin on purpose: parse arguments, set up logging, hand each subcommand group to its module.
+
+mod flist;
+mod stor;
+mod vm;
 
 use clap::Parser;
 
@@ -12,8 +18,15 @@ struct Cli {
 
 #[derive(Debug, clap::Subcommand)]
 enum Command {
-    /// Print version information.
-    Version,
+    /// Flist images: pack a tree into an flist, mount it lazily, unpack, inspect.
+    #[command(subcommand)]
+    Flist(flist::FlistCommand),
+    /// Erasure-coded object storage over many zdb backends (zstor).
+    #[command(subcommand)]
+    Stor(stor::StorCommand),
+    /// Virtual machines: volumes over vhost-user-blk, flists over vhost-user-fs, VM lifecycle.
+    #[command(subcommand)]
+    Vm(vm::VmCommand),
 }
 
 fn main() -> anyhow::Result<()> {
@@ -24,9 +37,9 @@ fn main() -> anyhow::Result<()> {
         )
         .with_writer(std::io::stderr)
         .init();
-    let cli = Cli::parse();
-    match cli.command {
-        Command::Version => println!("zos {}", env!("CARGO_PKG_VERSION")),
+    match Cli::parse().command {
+        Command::Flist(command) => flist::run(command),
+        Command::Stor(command) => stor::run(command),
+        Command::Vm(command) => vm::run(command),
     }
-    Ok(())
 }
