@@ -4,4 +4,11 @@
 //! (blake3, zstd, AES-256-GCM), chunk stores (zdb, dir, http, zstor), object metadata, and
 //! the operations on top (put, get, check, repair) with the daemon's HTTP API.
 //!
-//! This crate is being built; see the erasure issue.
+//! - [`store`]: the [`store::ChunkStore`] trait and its backends, opened from a URL.
+//!
+//! Why each dependency is here is said beside it in `Cargo.toml`.
+
+pub mod store;
+mod zdb;
+
+pub use store::{open_store, ChunkStore, StoreError};

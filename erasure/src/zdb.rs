@@ -1,0 +1,22 @@
+//! Stores that talk to zdb: one namespace (`zdb://`), or zstor over many (`zstor://`).
+
+use std::path::Path;
+use std::sync::Arc;
+
+use crate::store::{ChunkStore, StoreError, ZdbUrl};
+
+/// Opens a `zdb://` store.
+pub fn open_zdb_store(url: ZdbUrl) -> Result<Arc<dyn ChunkStore>, StoreError> {
+    Err(StoreError::Unsupported {
+        store: url.to_string(),
+        operation: "zdb backend (waiting for dataplane::client)",
+    })
+}
+
+/// Opens a `zstor://` store.
+pub fn open_zstor_store(target: &Path) -> Result<Arc<dyn ChunkStore>, StoreError> {
+    Err(StoreError::Unsupported {
+        store: format!("zstor://{}", target.display()),
+        operation: "zstor backend (being built)",
+    })
+}
