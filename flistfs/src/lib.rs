@@ -1,6 +1,32 @@
 //! flistfs: the flist image format, pack and unpack, the fs core and its FUSE adapter.
 //!
-//! Layers (bottom to top): format (memory-mapped sections), chunk cache over the chunk
-//! stores of `erasure`, the protocol-free fs core, and the FUSE adapter.
+//! Layers, bottom to top; a layer knows only those below it:
 //!
-//! This crate is being built; see the flistfs issue.
+//! - [`sys`]: the only module that maps memory (memmap2).
+//! - [`chunk`]: how file content is sealed into stored chunks and opened again
+//!   (convergent AES-256-GCM; also rfs's codec).
+//! - [`format`]: the flist file itself: a checksummed header and memory-mapped,
+//!   individually checksummed sections (inodes, sorted directory entries, chunk lists,
+//!   xattrs, tags, strings). [`format::FlistBuilder`] writes one, [`format::Flist`] reads one
+//!   in place without trusting any unchecked offset.
+//! - [`rfs`]: reads rfs `.fl` flists (SQLite) into our format, and writes them (tests,
+//!   `convert`).
+//! - [`fs`]: the protocol-free filesystem core (lookup, getattr, readdir, readlink, read,
+//!   xattrs, statfs) over an open flist and a [`fs::ChunkSource`]. FUSE and virtio-fs are
+//!   thin adapters over it.
+//!
+//! Data flows one way on each path: pack walks a source tree, seals chunks and writes the
+//! flist; a mount maps the flist, and each read asks the chunk source for the chunks it
+//! covers.
+//!
+//! Why each dependency: memmap2 (mapping), blake3 (checksums, ids, keys), aes-gcm and zstd
+//! (our chunk codec), rusqlite with bundled SQLite (rfs flists are SQLite files), blake2 and
+//! snap (rfs's chunk codec), thiserror and tracing (errors and logs).
+
+pub mod chunk;
+pub mod format;
+pub mod fs;
+pub mod rfs;
+pub mod sys;
+
+pub use format::{Flist, FlistBuilder, FormatError, InodeMeta};
