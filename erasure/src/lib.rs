@@ -8,6 +8,7 @@
 //!
 //! Why each dependency is here is said beside it in `Cargo.toml`.
 
+pub mod codec;
 pub mod store;
 mod zdb;
 

@@ -1,0 +1,803 @@
+//! The chunk codec: plaintext chunk ⇄ k+m framed shards. No I/O here.
+//!
+//! Encoding: blake3 of the plaintext; zstd (kept raw when compression does not pay);
+//! AES-256-GCM with a fresh random nonce and the chunk's place (object id, chunk index) as
+//! associated data, so a sealed chunk cannot be replayed elsewhere; Reed-Solomon k+m over the
+//! sealed bytes; each shard framed with its index, codec parameters and a crc32.
+//! Decoding checks all of it in reverse and never returns bytes that did not verify.
+//! Byte layouts are in `docs/design.md`.
+
+use aes_gcm::aead::{Aead, KeyInit, Payload};
+use aes_gcm::{Aes256Gcm, Nonce};
+
+/// Bytes of the AES-256-GCM key.
+pub const KEY_BYTES: usize = 32;
+/// Bytes of the AES-GCM nonce stored at the head of each sealed chunk.
+pub const NONCE_BYTES: usize = 12;
+/// Bytes of the AES-GCM tag at the end of each sealed chunk.
+pub const TAG_BYTES: usize = 16;
+/// Bytes before the ciphertext in a sealed chunk: flags and nonce.
+pub const SEALED_HEADER_BYTES: usize = 1 + NONCE_BYTES;
+/// Bytes of a shard frame's header.
+pub const SHARD_HEADER_BYTES: usize = 20;
+/// Shard payloads are padded to a multiple of this (reed-solomon-simd wants even sizes;
+/// 64 keeps SIMD loops on whole vectors).
+pub const SHARD_ALIGN_BYTES: usize = 64;
+/// Largest shard frame: below zdb's 8 MiB value limit with room to spare.
+pub const SHARD_BYTES_MAX: usize = 8 * 1024 * 1024 - 4096;
+/// Most data shards per chunk.
+pub const DATA_SHARDS_MAX: usize = 64;
+/// Most parity shards per chunk.
+pub const PARITY_SHARDS_MAX: usize = 64;
+/// Largest plaintext chunk.
+pub const CHUNK_BYTES_MAX: usize = 64 * 1024 * 1024;
+
+const SHARD_MAGIC: &[u8; 4] = b"ZSHD";
+const SHARD_VERSION: u8 = 1;
+const FLAG_COMPRESSED: u8 = 1;
+
+/// Errors of the codec.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum CodecError {
+    /// Parameters out of range.
+    #[error("invalid codec parameters: {0}")]
+    InvalidParameters(String),
+    /// A shard frame is malformed or fails its checksum.
+    #[error("bad shard: {0}")]
+    BadShard(String),
+    /// Fewer than k intact shards.
+    #[error("only {available} intact shards, {needed} needed")]
+    NotEnoughShards {
+        /// Intact shards given.
+        available: usize,
+        /// Shards needed (k).
+        needed: usize,
+    },
+    /// Reed-Solomon failed.
+    #[error("reed-solomon: {0}")]
+    ReedSolomon(String),
+    /// Decryption failed: wrong key, or shards that belong to another chunk.
+    #[error("chunk does not decrypt: wrong key, or forged or misplaced shards")]
+    Decrypt,
+    /// Decompression failed.
+    #[error("chunk does not decompress: {0}")]
+    Decompress(String),
+    /// The plaintext does not have the hash recorded for it.
+    #[error("chunk hash mismatch")]
+    HashMismatch,
+}
+
+/// Which Reed-Solomon implementation (and so which parity math) a shard was made with.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum RsCodecId {
+    /// reed-solomon-erasure 6, GF(2^8) Vandermonde-derived matrix (with `simd-accel`).
+    Erasure = 1,
+    /// reed-solomon-simd 3, GF(2^16) Leopard-style FFT.
+    Simd = 2,
+}
+
+impl RsCodecId {
+    /// The codec new objects use: the faster one at 4+2 in `perf/results/erasure.md`.
+    pub const DEFAULT: RsCodecId = RsCodecId::Erasure;
+
+    /// From the byte in a shard frame or metadata record.
+    pub fn from_byte(byte: u8) -> Result<Self, CodecError> {
+        match byte {
+            1 => Ok(RsCodecId::Erasure),
+            2 => Ok(RsCodecId::Simd),
+            other => Err(CodecError::InvalidParameters(format!(
+                "unknown reed-solomon codec id {other}"
+            ))),
+        }
+    }
+
+    /// Name used in configs.
+    pub fn name(self) -> &'static str {
+        match self {
+            RsCodecId::Erasure => "reed-solomon-erasure",
+            RsCodecId::Simd => "reed-solomon-simd",
+        }
+    }
+
+    /// From a config name.
+    pub fn from_name(name: &str) -> Result<Self, CodecError> {
+        match name {
+            "reed-solomon-erasure" => Ok(RsCodecId::Erasure),
+            "reed-solomon-simd" => Ok(RsCodecId::Simd),
+            other => Err(CodecError::InvalidParameters(format!(
+                "unknown reed-solomon codec {other:?} (reed-solomon-erasure or reed-solomon-simd)"
+            ))),
+        }
+    }
+}
+
+/// A Reed-Solomon coder for one k+m geometry.
+pub struct ReedSolomon {
+    id: RsCodecId,
+    data_shards: usize,
+    parity_shards: usize,
+    erasure: Option<reed_solomon_erasure::galois_8::ReedSolomon>,
+}
+
+impl std::fmt::Debug for ReedSolomon {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "ReedSolomon({:?}, {}+{})",
+            self.id, self.data_shards, self.parity_shards
+        )
+    }
+}
+
+impl ReedSolomon {
+    /// A coder for `data_shards` + `parity_shards`.
+    pub fn new(
+        id: RsCodecId,
+        data_shards: usize,
+        parity_shards: usize,
+    ) -> Result<Self, CodecError> {
+        if !(1..=DATA_SHARDS_MAX).contains(&data_shards)
+            || !(1..=PARITY_SHARDS_MAX).contains(&parity_shards)
+        {
+            return Err(CodecError::InvalidParameters(format!(
+                "{data_shards}+{parity_shards} shards: data must be 1..={DATA_SHARDS_MAX}, parity 1..={PARITY_SHARDS_MAX}"
+            )));
+        }
+        let erasure = match id {
+            RsCodecId::Erasure => Some(
+                reed_solomon_erasure::galois_8::ReedSolomon::new(data_shards, parity_shards)
+                    .map_err(|e| CodecError::ReedSolomon(format!("{e:?}")))?,
+            ),
+            RsCodecId::Simd => None,
+        };
+        Ok(ReedSolomon {
+            id,
+            data_shards,
+            parity_shards,
+            erasure,
+        })
+    }
+
+    /// The implementation in use.
+    pub fn id(&self) -> RsCodecId {
+        self.id
+    }
+
+    /// k.
+    pub fn data_shards(&self) -> usize {
+        self.data_shards
+    }
+
+    /// m.
+    pub fn parity_shards(&self) -> usize {
+        self.parity_shards
+    }
+
+    /// Payload bytes of each shard for `sealed_bytes` of input.
+    pub fn shard_bytes(&self, sealed_bytes: usize) -> usize {
+        let per_shard = sealed_bytes.div_ceil(self.data_shards).max(1);
+        per_shard.div_ceil(SHARD_ALIGN_BYTES) * SHARD_ALIGN_BYTES
+    }
+
+    /// Cuts `input` into k data shards (zero padded) and computes m parity shards.
+    pub fn encode(&self, input: &[u8]) -> Result<Vec<Vec<u8>>, CodecError> {
+        let shard_bytes = self.shard_bytes(input.len());
+        let mut shards: Vec<Vec<u8>> = (0..self.data_shards)
+            .map(|index| {
+                let start = (index * shard_bytes).min(input.len());
+                let end = ((index + 1) * shard_bytes).min(input.len());
+                let mut shard = Vec::with_capacity(shard_bytes);
+                shard.extend_from_slice(&input[start..end]);
+                shard.resize(shard_bytes, 0);
+                shard
+            })
+            .collect();
+        self.add_parity(&mut shards)?;
+        Ok(shards)
+    }
+
+    /// Given the k data shards, appends the m parity shards.
+    fn add_parity(&self, shards: &mut Vec<Vec<u8>>) -> Result<(), CodecError> {
+        let shard_bytes = shards.first().map_or(0, Vec::len);
+        match &self.erasure {
+            Some(coder) => {
+                shards.resize(self.data_shards + self.parity_shards, vec![0; shard_bytes]);
+                coder
+                    .encode(shards)
+                    .map_err(|e| CodecError::ReedSolomon(format!("{e:?}")))?;
+            }
+            None => {
+                let parity =
+                    reed_solomon_simd::encode(self.data_shards, self.parity_shards, shards.iter())
+                        .map_err(|e| CodecError::ReedSolomon(e.to_string()))?;
+                shards.extend(parity);
+            }
+        }
+        Ok(())
+    }
+
+    /// Fills in every missing shard (data and parity) from at least k present ones.
+    /// All present shards must have the same length.
+    pub fn reconstruct(&self, shards: &mut [Option<Vec<u8>>]) -> Result<(), CodecError> {
+        let total = self.data_shards + self.parity_shards;
+        if shards.len() != total {
+            return Err(CodecError::InvalidParameters(format!(
+                "{} shards given, {total} expected",
+                shards.len()
+            )));
+        }
+        let available = shards.iter().filter(|shard| shard.is_some()).count();
+        if available < self.data_shards {
+            return Err(CodecError::NotEnoughShards {
+                available,
+                needed: self.data_shards,
+            });
+        }
+        if available == total {
+            return Ok(());
+        }
+        let mut lengths = shards.iter().flatten().map(Vec::len);
+        let first = lengths.next().unwrap_or(0);
+        if lengths.any(|length| length != first) || first == 0 || first % 2 != 0 {
+            return Err(CodecError::BadShard(
+                "shards of one chunk differ in length".into(),
+            ));
+        }
+        match &self.erasure {
+            Some(coder) => coder
+                .reconstruct(shards)
+                .map_err(|e| CodecError::ReedSolomon(format!("{e:?}"))),
+            None => {
+                let data_missing = shards[..self.data_shards].iter().any(Option::is_none);
+                if data_missing {
+                    let originals = shards[..self.data_shards]
+                        .iter()
+                        .enumerate()
+                        .filter_map(|(index, shard)| shard.as_ref().map(|shard| (index, shard)));
+                    let recovery = shards[self.data_shards..]
+                        .iter()
+                        .enumerate()
+                        .filter_map(|(index, shard)| shard.as_ref().map(|shard| (index, shard)));
+                    let restored = reed_solomon_simd::decode(
+                        self.data_shards,
+                        self.parity_shards,
+                        originals,
+                        recovery,
+                    )
+                    .map_err(|e| CodecError::ReedSolomon(e.to_string()))?;
+                    for (index, shard) in restored {
+                        if let Some(slot) = shards.get_mut(index) {
+                            *slot = Some(shard);
+                        }
+                    }
+                }
+                if shards[self.data_shards..].iter().any(Option::is_none) {
+                    let data: Vec<Vec<u8>> = shards[..self.data_shards]
+                        .iter()
+                        .flatten()
+                        .cloned()
+                        .collect();
+                    let parity = reed_solomon_simd::encode(
+                        self.data_shards,
+                        self.parity_shards,
+                        data.iter(),
+                    )
+                    .map_err(|e| CodecError::ReedSolomon(e.to_string()))?;
+                    for (slot, shard) in shards[self.data_shards..].iter_mut().zip(parity) {
+                        if slot.is_none() {
+                            *slot = Some(shard);
+                        }
+                    }
+                }
+                Ok(())
+            }
+        }
+    }
+}
+
+/// A shard frame's header fields.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ShardHeader {
+    /// Reed-Solomon implementation.
+    pub codec: RsCodecId,
+    /// k.
+    pub data_shards: u8,
+    /// m.
+    pub parity_shards: u8,
+    /// This shard's index, 0..k+m (data shards first).
+    pub index: u8,
+}
+
+/// Frames a shard payload: header, crc32, payload. Returns the frame and its crc.
+pub fn frame_shard(header: ShardHeader, payload: &[u8]) -> (Vec<u8>, u32) {
+    let mut frame = Vec::with_capacity(SHARD_HEADER_BYTES + payload.len());
+    frame.extend_from_slice(SHARD_MAGIC);
+    frame.push(SHARD_VERSION);
+    frame.push(header.codec as u8);
+    frame.push(header.data_shards);
+    frame.push(header.parity_shards);
+    frame.push(header.index);
+    frame.extend_from_slice(&[0; 3]);
+    frame.extend_from_slice(&(payload.len() as u32).to_le_bytes());
+    let mut hasher = crc32fast::Hasher::new();
+    hasher.update(&frame);
+    hasher.update(payload);
+    let crc = hasher.finalize();
+    frame.extend_from_slice(&crc.to_le_bytes());
+    frame.extend_from_slice(payload);
+    (frame, crc)
+}
+
+/// Checks a shard frame and returns its header, crc and payload. Torn, truncated, forged or
+/// foreign bytes are errors.
+pub fn parse_shard(frame: &[u8]) -> Result<(ShardHeader, u32, &[u8]), CodecError> {
+    if frame.len() < SHARD_HEADER_BYTES {
+        return Err(CodecError::BadShard(format!(
+            "{} bytes, shorter than a header",
+            frame.len()
+        )));
+    }
+    if &frame[0..4] != SHARD_MAGIC {
+        return Err(CodecError::BadShard("bad magic".into()));
+    }
+    if frame[4] != SHARD_VERSION {
+        return Err(CodecError::BadShard(format!(
+            "unknown version {}",
+            frame[4]
+        )));
+    }
+    let codec = RsCodecId::from_byte(frame[5]).map_err(|e| CodecError::BadShard(e.to_string()))?;
+    let payload_bytes = u32::from_le_bytes([frame[12], frame[13], frame[14], frame[15]]) as usize;
+    if frame.len() != SHARD_HEADER_BYTES + payload_bytes {
+        return Err(CodecError::BadShard(format!(
+            "length {} does not match the header's payload length {payload_bytes}",
+            frame.len()
+        )));
+    }
+    let stored_crc = u32::from_le_bytes([frame[16], frame[17], frame[18], frame[19]]);
+    let payload = &frame[SHARD_HEADER_BYTES..];
+    let mut hasher = crc32fast::Hasher::new();
+    hasher.update(&frame[..16]);
+    hasher.update(payload);
+    if hasher.finalize() != stored_crc {
+        return Err(CodecError::BadShard("crc32 mismatch".into()));
+    }
+    Ok((
+        ShardHeader {
+            codec,
+            data_shards: frame[6],
+            parity_shards: frame[7],
+            index: frame[8],
+        },
+        stored_crc,
+        payload,
+    ))
+}
+
+/// Where a chunk belongs; bound into the AEAD so sealed chunks cannot be moved.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ChunkPlace {
+    /// The object's random id.
+    pub object_id: [u8; 16],
+    /// The chunk's index in the object.
+    pub chunk_index: u64,
+}
+
+impl ChunkPlace {
+    fn associated_data(&self) -> [u8; 24] {
+        let mut data = [0u8; 24];
+        data[..16].copy_from_slice(&self.object_id);
+        data[16..].copy_from_slice(&self.chunk_index.to_le_bytes());
+        data
+    }
+}
+
+/// What is known about an encoded chunk; goes into the object's metadata.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ChunkInfo {
+    /// blake3 of the plaintext.
+    pub hash: [u8; 32],
+    /// Plaintext bytes.
+    pub plain_bytes: u32,
+    /// Sealed (compressed and encrypted) bytes, before Reed-Solomon padding.
+    pub sealed_bytes: u32,
+    /// crc32 of each shard frame, in shard index order.
+    pub shard_crcs: Vec<u32>,
+}
+
+/// A chunk cut into framed shards.
+#[derive(Debug)]
+pub struct EncodedChunk {
+    /// Metadata for the chunk.
+    pub info: ChunkInfo,
+    /// Shard frames, index order.
+    pub shards: Vec<Vec<u8>>,
+}
+
+/// Encodes and decodes chunks with one key and geometry.
+pub struct ChunkCodec {
+    cipher: Aes256Gcm,
+    reed_solomon: ReedSolomon,
+    compression_level: i32,
+}
+
+impl std::fmt::Debug for ChunkCodec {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "ChunkCodec({:?}, zstd {})",
+            self.reed_solomon, self.compression_level
+        )
+    }
+}
+
+impl ChunkCodec {
+    /// A codec with `key`, Reed-Solomon `rs` and zstd `compression_level` (0 disables).
+    pub fn new(key: &[u8; KEY_BYTES], reed_solomon: ReedSolomon, compression_level: i32) -> Self {
+        ChunkCodec {
+            cipher: Aes256Gcm::new(key.into()),
+            reed_solomon,
+            compression_level,
+        }
+    }
+
+    /// The Reed-Solomon coder.
+    pub fn reed_solomon(&self) -> &ReedSolomon {
+        &self.reed_solomon
+    }
+
+    /// Compresses (when it pays) and encrypts a chunk: `flags | nonce | ciphertext+tag`.
+    pub fn seal(&self, place: ChunkPlace, plain: &[u8]) -> Result<Vec<u8>, CodecError> {
+        let mut flags = 0u8;
+        let compressed = if self.compression_level > 0 && !plain.is_empty() {
+            zstd::bulk::compress(plain, self.compression_level).ok()
+        } else {
+            None
+        };
+        let body: &[u8] = match &compressed {
+            Some(compressed) if compressed.len() < plain.len() => {
+                flags |= FLAG_COMPRESSED;
+                compressed
+            }
+            _ => plain,
+        };
+        let nonce_bytes: [u8; NONCE_BYTES] = rand::random();
+        let mut aad = [0u8; 25];
+        aad[..24].copy_from_slice(&place.associated_data());
+        aad[24] = flags;
+        let ciphertext = self
+            .cipher
+            .encrypt(
+                Nonce::from_slice(&nonce_bytes),
+                Payload {
+                    msg: body,
+                    aad: &aad,
+                },
+            )
+            .map_err(|_| CodecError::InvalidParameters("encryption failed".into()))?;
+        let mut sealed = Vec::with_capacity(SEALED_HEADER_BYTES + ciphertext.len());
+        sealed.push(flags);
+        sealed.extend_from_slice(&nonce_bytes);
+        sealed.extend_from_slice(&ciphertext);
+        Ok(sealed)
+    }
+
+    /// Decrypts and decompresses a sealed chunk and checks its hash.
+    pub fn open(
+        &self,
+        place: ChunkPlace,
+        sealed: &[u8],
+        info: &ChunkInfo,
+    ) -> Result<Vec<u8>, CodecError> {
+        if sealed.len() < SEALED_HEADER_BYTES + TAG_BYTES {
+            return Err(CodecError::Decrypt);
+        }
+        let flags = sealed[0];
+        let mut aad = [0u8; 25];
+        aad[..24].copy_from_slice(&place.associated_data());
+        aad[24] = flags;
+        let body = self
+            .cipher
+            .decrypt(
+                Nonce::from_slice(&sealed[1..SEALED_HEADER_BYTES]),
+                Payload {
+                    msg: &sealed[SEALED_HEADER_BYTES..],
+                    aad: &aad,
+                },
+            )
+            .map_err(|_| CodecError::Decrypt)?;
+        let plain = if flags & FLAG_COMPRESSED != 0 {
+            zstd::bulk::decompress(&body, info.plain_bytes as usize)
+                .map_err(|e| CodecError::Decompress(e.to_string()))?
+        } else {
+            body
+        };
+        if plain.len() != info.plain_bytes as usize || *blake3::hash(&plain).as_bytes() != info.hash
+        {
+            return Err(CodecError::HashMismatch);
+        }
+        Ok(plain)
+    }
+
+    /// Encodes one plaintext chunk into k+m shard frames.
+    pub fn encode(&self, place: ChunkPlace, plain: &[u8]) -> Result<EncodedChunk, CodecError> {
+        if plain.len() > CHUNK_BYTES_MAX {
+            return Err(CodecError::InvalidParameters(format!(
+                "chunk of {} bytes, more than {CHUNK_BYTES_MAX}",
+                plain.len()
+            )));
+        }
+        let hash = *blake3::hash(plain).as_bytes();
+        let sealed = self.seal(place, plain)?;
+        let payloads = self.reed_solomon.encode(&sealed)?;
+        let header = |index: usize| ShardHeader {
+            codec: self.reed_solomon.id,
+            data_shards: self.reed_solomon.data_shards as u8,
+            parity_shards: self.reed_solomon.parity_shards as u8,
+            index: index as u8,
+        };
+        let mut shards = Vec::with_capacity(payloads.len());
+        let mut shard_crcs = Vec::with_capacity(payloads.len());
+        for (index, payload) in payloads.iter().enumerate() {
+            let (frame, crc) = frame_shard(header(index), payload);
+            if frame.len() > SHARD_BYTES_MAX {
+                return Err(CodecError::InvalidParameters(format!(
+                    "shard of {} bytes exceeds {SHARD_BYTES_MAX}: lower the chunk size or raise data shards",
+                    frame.len()
+                )));
+            }
+            shards.push(frame);
+            shard_crcs.push(crc);
+        }
+        Ok(EncodedChunk {
+            info: ChunkInfo {
+                hash,
+                plain_bytes: plain.len() as u32,
+                sealed_bytes: sealed.len() as u32,
+                shard_crcs,
+            },
+            shards,
+        })
+    }
+
+    /// Checks one shard frame against the chunk's metadata; returns its payload.
+    pub fn verify_shard<'a>(
+        &self,
+        info: &ChunkInfo,
+        index: usize,
+        frame: &'a [u8],
+    ) -> Result<&'a [u8], CodecError> {
+        let (header, crc, payload) = parse_shard(frame)?;
+        let expected_bytes = self.reed_solomon.shard_bytes(info.sealed_bytes as usize);
+        if header.index as usize != index
+            || header.codec != self.reed_solomon.id
+            || header.data_shards as usize != self.reed_solomon.data_shards
+            || header.parity_shards as usize != self.reed_solomon.parity_shards
+            || payload.len() != expected_bytes
+            || info.shard_crcs.get(index) != Some(&crc)
+        {
+            return Err(CodecError::BadShard(format!(
+                "shard {index} does not belong to this chunk"
+            )));
+        }
+        Ok(payload)
+    }
+
+    /// Rebuilds a chunk from shard frames (`None` for missing ones); frames that do not
+    /// verify count as missing. Returns the plaintext and the indexes of bad frames.
+    pub fn decode(
+        &self,
+        place: ChunkPlace,
+        info: &ChunkInfo,
+        frames: &[Option<Vec<u8>>],
+    ) -> Result<(Vec<u8>, Vec<usize>), CodecError> {
+        let (mut payloads, bad) = self.verified_payloads(info, frames);
+        let data_shards = self.reed_solomon.data_shards;
+        if payloads[..data_shards].iter().any(Option::is_none) {
+            self.reed_solomon.reconstruct(&mut payloads)?;
+        }
+        let sealed_bytes = info.sealed_bytes as usize;
+        let mut sealed = Vec::with_capacity(sealed_bytes + SHARD_ALIGN_BYTES);
+        for payload in payloads[..data_shards].iter().flatten() {
+            sealed.extend_from_slice(payload);
+        }
+        if sealed.len() < sealed_bytes {
+            return Err(CodecError::BadShard(
+                "reconstructed chunk is too short".into(),
+            ));
+        }
+        sealed.truncate(sealed_bytes);
+        let plain = self.open(place, &sealed, info)?;
+        Ok((plain, bad))
+    }
+
+    /// The verified payloads of `frames` by index, and the indexes of frames that failed.
+    pub fn verified_payloads(
+        &self,
+        info: &ChunkInfo,
+        frames: &[Option<Vec<u8>>],
+    ) -> (Vec<Option<Vec<u8>>>, Vec<usize>) {
+        let total = self.reed_solomon.data_shards + self.reed_solomon.parity_shards;
+        let mut bad = Vec::new();
+        let mut payloads = vec![None; total];
+        for (index, frame) in frames.iter().enumerate().take(total) {
+            if let Some(frame) = frame {
+                match self.verify_shard(info, index, frame) {
+                    Ok(payload) => payloads[index] = Some(payload.to_vec()),
+                    Err(_) => bad.push(index),
+                }
+            }
+        }
+        (payloads, bad)
+    }
+
+    /// Rebuilds the frames of the shards at `wanted` from the verified frames given.
+    pub fn rebuild_frames(
+        &self,
+        info: &ChunkInfo,
+        frames: &[Option<Vec<u8>>],
+        wanted: &[usize],
+    ) -> Result<Vec<(usize, Vec<u8>)>, CodecError> {
+        let (mut payloads, _) = self.verified_payloads(info, frames);
+        self.reed_solomon.reconstruct(&mut payloads)?;
+        let mut rebuilt = Vec::with_capacity(wanted.len());
+        for &index in wanted {
+            let payload = payloads
+                .get(index)
+                .and_then(Option::as_ref)
+                .ok_or_else(|| CodecError::InvalidParameters(format!("no shard index {index}")))?;
+            let header = ShardHeader {
+                codec: self.reed_solomon.id,
+                data_shards: self.reed_solomon.data_shards as u8,
+                parity_shards: self.reed_solomon.parity_shards as u8,
+                index: index as u8,
+            };
+            let (frame, crc) = frame_shard(header, payload);
+            if info.shard_crcs.get(index) != Some(&crc) {
+                return Err(CodecError::BadShard(format!(
+                    "rebuilt shard {index} does not match its recorded crc"
+                )));
+            }
+            rebuilt.push((index, frame));
+        }
+        Ok(rebuilt)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn codec(id: RsCodecId, k: usize, m: usize) -> ChunkCodec {
+        ChunkCodec::new(&[7; KEY_BYTES], ReedSolomon::new(id, k, m).unwrap(), 3)
+    }
+
+    const PLACE: ChunkPlace = ChunkPlace {
+        object_id: [1; 16],
+        chunk_index: 5,
+    };
+
+    proptest! {
+        #![proptest_config(ProptestConfig { cases: 48, .. ProptestConfig::default() })]
+        /// Any k of the k+m shards rebuild the chunk, for both implementations.
+        #[test]
+        fn any_k_shards_reconstruct(
+            data in proptest::collection::vec(any::<u8>(), 0..20_000),
+            k in 1usize..8, m in 1usize..5, simd in any::<bool>(), seed in any::<u64>(),
+        ) {
+            let id = if simd { RsCodecId::Simd } else { RsCodecId::Erasure };
+            let codec = codec(id, k, m);
+            let encoded = codec.encode(PLACE, &data).unwrap();
+            prop_assert_eq!(encoded.shards.len(), k + m);
+            // Drop a seeded choice of m shards.
+            let mut order: Vec<usize> = (0..k + m).collect();
+            let mut state = seed;
+            for i in (1..order.len()).rev() {
+                state = state.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+                order.swap(i, (state >> 33) as usize % (i + 1));
+            }
+            let mut frames: Vec<Option<Vec<u8>>> = encoded.shards.iter().cloned().map(Some).collect();
+            for &index in &order[..m] {
+                frames[index] = None;
+            }
+            let (plain, bad) = codec.decode(PLACE, &encoded.info, &frames).unwrap();
+            prop_assert_eq!(&plain, &data);
+            prop_assert!(bad.is_empty());
+            // The dropped shards are rebuilt byte for byte.
+            let rebuilt = codec.rebuild_frames(&encoded.info, &frames, &order[..m]).unwrap();
+            for (index, frame) in rebuilt {
+                prop_assert_eq!(&frame, &encoded.shards[index]);
+            }
+        }
+
+        /// Any single flipped bit in any shard is caught; the chunk still decodes from the rest.
+        #[test]
+        fn flipped_bits_are_caught(
+            data in proptest::collection::vec(any::<u8>(), 1..5_000),
+            shard in 0usize..6, position in any::<prop::sample::Index>(), bit in 0u8..8,
+        ) {
+            let codec = codec(RsCodecId::DEFAULT, 4, 2);
+            let encoded = codec.encode(PLACE, &data).unwrap();
+            let mut frames: Vec<Option<Vec<u8>>> = encoded.shards.iter().cloned().map(Some).collect();
+            let frame = frames[shard].as_mut().unwrap();
+            let at = position.index(frame.len());
+            frame[at] ^= 1 << bit;
+            let (plain, bad) = codec.decode(PLACE, &encoded.info, &frames).unwrap();
+            prop_assert_eq!(plain, data);
+            prop_assert_eq!(bad, vec![shard]);
+        }
+    }
+
+    #[test]
+    fn too_few_shards_is_a_clear_error() {
+        let codec = codec(RsCodecId::DEFAULT, 4, 2);
+        let encoded = codec.encode(PLACE, b"some bytes").unwrap();
+        let mut frames: Vec<Option<Vec<u8>>> = encoded.shards.into_iter().map(Some).collect();
+        frames[0] = None;
+        frames[2] = None;
+        frames[5] = None;
+        assert_eq!(
+            codec.decode(PLACE, &encoded.info, &frames).unwrap_err(),
+            CodecError::NotEnoughShards {
+                available: 3,
+                needed: 4
+            }
+        );
+    }
+
+    #[test]
+    fn wrong_key_or_place_fails_to_decrypt() {
+        let codec_a = codec(RsCodecId::DEFAULT, 4, 2);
+        let codec_b = ChunkCodec::new(
+            &[8; KEY_BYTES],
+            ReedSolomon::new(RsCodecId::DEFAULT, 4, 2).unwrap(),
+            3,
+        );
+        let encoded = codec_a.encode(PLACE, b"secret data").unwrap();
+        let frames: Vec<Option<Vec<u8>>> = encoded.shards.into_iter().map(Some).collect();
+        assert_eq!(
+            codec_b.decode(PLACE, &encoded.info, &frames).unwrap_err(),
+            CodecError::Decrypt
+        );
+        let elsewhere = ChunkPlace {
+            chunk_index: 6,
+            ..PLACE
+        };
+        assert_eq!(
+            codec_a
+                .decode(elsewhere, &encoded.info, &frames)
+                .unwrap_err(),
+            CodecError::Decrypt
+        );
+    }
+
+    #[test]
+    fn compressible_chunks_are_compressed_and_random_ones_are_not() {
+        let codec = codec(RsCodecId::DEFAULT, 4, 2);
+        let zeros = codec.encode(PLACE, &vec![0u8; 1 << 20]).unwrap();
+        assert!(zeros.info.sealed_bytes < 10_000);
+        let random: Vec<u8> = (0..1 << 16).map(|_| rand::random::<u8>()).collect();
+        let encoded = codec.encode(PLACE, &random).unwrap();
+        assert_eq!(
+            encoded.info.sealed_bytes as usize,
+            random.len() + SEALED_HEADER_BYTES + TAG_BYTES
+        );
+    }
+
+    #[test]
+    fn truncated_and_foreign_frames_are_rejected() {
+        let codec = codec(RsCodecId::DEFAULT, 4, 2);
+        let encoded = codec.encode(PLACE, b"abc").unwrap();
+        let frame = &encoded.shards[1];
+        assert!(parse_shard(&frame[..frame.len() - 1]).is_err());
+        assert!(parse_shard(&frame[..10]).is_err());
+        assert!(parse_shard(b"").is_err());
+        assert!(codec.verify_shard(&encoded.info, 2, frame).is_err());
+        let other = codec.encode(PLACE, b"abd").unwrap();
+        assert!(codec
+            .verify_shard(&encoded.info, 0, &other.shards[0])
+            .is_err());
+    }
+}
