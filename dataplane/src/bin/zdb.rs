@@ -1,1 +1,189 @@
-fn main() {}
+//! `zdb`: a key/value server that speaks 0-db's dialect of the Redis protocol, over an
+//! io_uring append-only log. Thin: parse arguments, build the configuration, run.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context};
+use clap::{Parser, ValueEnum};
+
+use dataplane::engine::{
+    Durability, Engine, EngineConfig, Mode, SEGMENT_BYTES_DEFAULT, SEGMENT_BYTES_MAX,
+};
+use dataplane::resp::commands::ServerState;
+use dataplane::server::{self, ListenConfig, CONNECTIONS_MAX_DEFAULT};
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+enum ModeArg {
+    /// Clients choose their keys (binary, up to 255 bytes).
+    User,
+    /// The server assigns 64-bit little-endian ids in order; SET with an empty key.
+    Seq,
+    /// Each namespace picks its mode with NSSET (new namespaces start in user mode).
+    Mixed,
+}
+
+/// zdb: a 0-db compatible key/value server over an io_uring append-only log.
+///
+/// Data lives in append-only segment files under --data, one folder per namespace; an index
+/// snapshot under --index makes restarts fast. Any Redis client talks to it (redis-cli -p 9900).
+/// Without --admin every client is admin; with it, admin commands (NSNEW, NSSET, NSDEL, ...)
+/// need AUTH first.
+#[derive(Debug, Parser)]
+#[command(name = "zdb", version, about, long_about, verbatim_doc_comment)]
+struct Args {
+    /// Address to listen on for TCP clients.
+    #[arg(long, default_value = "0.0.0.0", value_name = "ADDRESS")]
+    listen: String,
+    /// TCP port.
+    #[arg(long, default_value_t = 9900)]
+    port: u16,
+    /// Also listen on this unix socket (a stale socket file is replaced).
+    #[arg(long, value_name = "PATH")]
+    socket: Option<PathBuf>,
+    /// Do not listen on TCP at all (only --socket).
+    #[arg(long, requires = "socket")]
+    no_tcp: bool,
+    /// Folder of the data segments (created when missing).
+    #[arg(long, default_value = "./zdb-data", value_name = "DIR")]
+    data: PathBuf,
+    /// Folder of the index snapshots (created when missing).
+    #[arg(long, default_value = "./zdb-index", value_name = "DIR")]
+    index: PathBuf,
+    /// How keys are chosen in new namespaces.
+    #[arg(long, value_enum, default_value = "user")]
+    mode: ModeArg,
+    /// Reply to a write only once it is on disk (fdatasync, shared by every write of a batch).
+    #[arg(long, conflicts_with = "synctime")]
+    sync: bool,
+    /// Make writes durable at least every SECONDS seconds (default 1). A crash of the machine
+    /// loses at most that much; a crash of the process alone loses nothing already replied.
+    #[arg(long, value_name = "SECONDS")]
+    synctime: Option<u64>,
+    /// Admin password: admin commands need AUTH with it. Without it every client is admin.
+    #[arg(
+        long,
+        value_name = "PASSWORD",
+        env = "ZDB_ADMIN",
+        hide_env_values = true
+    )]
+    admin: Option<String>,
+    /// Writing to the default namespace needs the admin password (SELECT default PASSWORD).
+    #[arg(long, requires = "admin")]
+    protect: bool,
+    /// Size of a data segment before a new one is started (bytes; at most 4 GiB).
+    #[arg(long, default_value_t = SEGMENT_BYTES_DEFAULT, value_name = "BYTES")]
+    datasize: u64,
+    /// Maximum size of the default namespace's data (bytes; 0: no limit).
+    #[arg(long, default_value_t = 0, value_name = "BYTES")]
+    maxsize: u64,
+    /// Clients connected at once, at most.
+    #[arg(long, default_value_t = CONNECTIONS_MAX_DEFAULT, value_name = "COUNT")]
+    max_connections: usize,
+    /// Log more (debug level). RUST_LOG overrides.
+    #[arg(long, short)]
+    verbose: bool,
+}
+
+fn main() -> anyhow::Result<()> {
+    let args = Args::parse();
+    let level = if args.verbose { "debug" } else { "info" };
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(level)),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    if args.datasize < 1024 * 1024 || args.datasize > SEGMENT_BYTES_MAX {
+        bail!(
+            "--datasize must be between 1 MiB and 4 GiB (got {})",
+            args.datasize
+        );
+    }
+    if args.max_connections == 0 {
+        bail!("--max-connections must be at least 1");
+    }
+    let durability = if args.sync {
+        Durability::Sync
+    } else {
+        let seconds = args.synctime.unwrap_or(1);
+        if seconds == 0 {
+            bail!("--synctime must be at least 1 second (use --sync for durable replies)");
+        }
+        Durability::Periodic(Duration::from_secs(seconds))
+    };
+    let mut config = EngineConfig::new(&args.data, &args.index);
+    config.segment_bytes_max = args.datasize;
+    config.durability = durability;
+    config.default_mode = match args.mode {
+        ModeArg::Seq => Mode::Seq,
+        ModeArg::User | ModeArg::Mixed => Mode::User,
+    };
+    let io = dataplane::sys::default_io();
+    tracing::info!(io = io.name(), data = %args.data.display(), index = %args.index.display(), ?durability, "opening");
+    let engine = Engine::open(config, io)
+        .with_context(|| format!("opening the data in {}", args.data.display()))?;
+    if args.maxsize > 0 {
+        let default = engine.namespace(dataplane::engine::DEFAULT_NAMESPACE)?;
+        engine.update_settings(&default, |s| {
+            s.maxsize = args.maxsize;
+            Ok(())
+        })?;
+    }
+    let tcp = (!args.no_tcp).then(|| {
+        if args.listen.contains(':') && !args.listen.starts_with('[') {
+            format!("[{}]:{}", args.listen, args.port)
+        } else {
+            format!("{}:{}", args.listen, args.port)
+        }
+    });
+    let listen_description = [
+        tcp.clone(),
+        args.socket.as_ref().map(|p| p.display().to_string()),
+    ]
+    .into_iter()
+    .flatten()
+    .collect::<Vec<_>>()
+    .join(", ");
+    let state = Arc::new(ServerState {
+        engine: Arc::clone(&engine),
+        admin_password: args.admin.clone(),
+        protect: args.protect,
+        started: Instant::now(),
+        connections_max: args.max_connections,
+        connections: Default::default(),
+        commands: Default::default(),
+        listen_description,
+    });
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .thread_name("zdb-worker")
+        .build()
+        .context("starting the async runtime")?;
+    let listen = ListenConfig {
+        tcp,
+        unix: args.socket.clone(),
+        connections_max: args.max_connections,
+    };
+    let result = runtime.block_on(server::serve(state, listen, shutdown_signal()));
+    tracing::info!("stopping: flushing, syncing and writing index snapshots");
+    engine.shutdown();
+    runtime.shutdown_timeout(Duration::from_secs(1));
+    result
+}
+
+async fn shutdown_signal() {
+    use tokio::signal::unix::{signal, SignalKind};
+    let (Ok(mut terminate), Ok(mut interrupt)) = (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    ) else {
+        return std::future::pending().await;
+    };
+    tokio::select! {
+        _ = terminate.recv() => {},
+        _ = interrupt.recv() => {},
+    }
+}

@@ -1,0 +1,1793 @@
+//! `engine`: namespaces over the log. Owns the in-memory index, the append path with group
+//! commit, durability, recovery and reads. Knows nothing of RESP or clients: callers ask it
+//! to set, get, delete and walk keys in a namespace and get plain results back.
+//!
+//! Write path: a writer encodes its record into the namespace's pending buffer under the
+//! namespace lock, updates the index and wakes the flusher thread. The flusher takes every
+//! namespace's pending buffer at once and writes them all in one io_uring submission, then
+//! (under `--sync`, or when the sync interval is due) fdatasyncs every file it wrote in the
+//! next, and publishes the highest write ticket that is now durable. Writers that must wait for
+//! durability wait for that ticket. Records not yet on disk are served from the buffers.
+
+use std::collections::{BTreeMap, HashMap};
+use std::fs::File;
+use std::io;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard, RwLock};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use thiserror::Error;
+use tokio::sync::watch;
+
+use crate::log::index_file::{self, Entry, SnapshotMeta, ENTRY_DAMAGED};
+use crate::log::record::{
+    self, NewRecord, FLAG_TOMBSTONE, HEADER_BYTES, KEY_BYTES_MAX, LINK_BYTES, VALUE_BYTES_MAX,
+};
+use crate::log::segment::{self, ScanEvent, SEGMENT_HEADER_BYTES};
+use crate::sys::{StorageIo, WriteRequest};
+
+/// Default size at which a namespace starts a new segment (0-db's default).
+pub const SEGMENT_BYTES_DEFAULT: u64 = 256 * 1024 * 1024;
+/// Segments are addressed with 32-bit offsets.
+pub const SEGMENT_BYTES_MAX: u64 = u32::MAX as u64;
+/// Bytes of records a namespace may hold in memory, not yet written, before writers wait.
+pub const PENDING_BYTES_MAX: usize = 64 * 1024 * 1024;
+/// Damaged records remembered per namespace for INFO and logs (all are counted).
+pub const DAMAGE_REPORTS_MAX: usize = 1000;
+/// A namespace name is at most this long and uses only `[A-Za-z0-9._-]`.
+pub const NAMESPACE_NAME_BYTES_MAX: usize = 128;
+/// How often an index snapshot is written while a namespace changes.
+pub const SNAPSHOT_INTERVAL_DEFAULT: Duration = Duration::from_secs(60);
+/// The namespace every connection starts in.
+pub const DEFAULT_NAMESPACE: &str = "default";
+
+const SETTINGS_FILE: &str = "namespace.conf";
+const SNAPSHOT_FILE: &str = "index.zdx";
+
+/// When an acknowledged write is on disk.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Durability {
+    /// Reply only once the record is durable (fdatasync shared by the batch).
+    Sync,
+    /// Records are written to the file as soon as the flusher gets to them and made durable at
+    /// least this often.
+    Periodic(Duration),
+}
+
+/// How keys of a namespace are chosen.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Mode {
+    /// Clients choose binary keys of up to 255 bytes.
+    User,
+    /// The server assigns 64-bit little-endian ids, in order, from 0.
+    Seq,
+}
+
+impl Mode {
+    pub fn name(self) -> &'static str {
+        match self {
+            Mode::User => "userkey",
+            Mode::Seq => "sequential",
+        }
+    }
+}
+
+/// The configuration of an engine.
+#[derive(Debug, Clone)]
+pub struct EngineConfig {
+    pub data_dir: PathBuf,
+    pub index_dir: PathBuf,
+    pub segment_bytes_max: u64,
+    pub durability: Durability,
+    /// The mode of namespaces created without one.
+    pub default_mode: Mode,
+    pub snapshot_interval: Duration,
+    pub pending_bytes_max: usize,
+}
+
+impl EngineConfig {
+    pub fn new(data_dir: impl Into<PathBuf>, index_dir: impl Into<PathBuf>) -> Self {
+        Self {
+            data_dir: data_dir.into(),
+            index_dir: index_dir.into(),
+            segment_bytes_max: SEGMENT_BYTES_DEFAULT,
+            durability: Durability::Periodic(Duration::from_secs(1)),
+            default_mode: Mode::User,
+            snapshot_interval: SNAPSHOT_INTERVAL_DEFAULT,
+            pending_bytes_max: PENDING_BYTES_MAX,
+        }
+    }
+}
+
+/// Everything that can go wrong in the engine, phrased for the client that asked.
+#[derive(Debug, Error)]
+#[non_exhaustive]
+pub enum EngineError {
+    #[error("I/O error: {0}")]
+    Io(#[from] io::Error),
+    #[error("key too long ({0} bytes, at most 255)")]
+    KeyTooLong(usize),
+    #[error("value too large ({0} bytes, at most 8 MiB)")]
+    ValueTooLarge(usize),
+    #[error("namespace already exists")]
+    NamespaceExists,
+    #[error("namespace not found")]
+    NamespaceNotFound,
+    #[error("invalid namespace name (1 to 128 characters of A-Z a-z 0-9 . _ -)")]
+    InvalidNamespaceName,
+    #[error("namespace was deleted")]
+    NamespaceDeleted,
+    #[error("no space left on this namespace (maxsize {0} bytes)")]
+    NamespaceFull(u64),
+    #[error("namespace is in worm mode: existing keys cannot change")]
+    Worm,
+    #[error("namespace is locked (read-only)")]
+    Locked,
+    #[error("namespace is frozen")]
+    Frozen,
+    #[error("key not found")]
+    NotFound,
+    #[error(
+        "invalid key: in sequential mode a key is an existing 8-byte id, or empty for a new one"
+    )]
+    InvalidSeqKey,
+    #[error("invalid cursor")]
+    InvalidCursor,
+    #[error("record damaged on disk (segment {segment}, offset {offset}): {detail}")]
+    Corrupt {
+        segment: u32,
+        offset: u64,
+        detail: String,
+    },
+    #[error("storage failed, writes are refused until restart: {0}")]
+    Failed(String),
+    #[error("mode can only change while the namespace is empty")]
+    ModeNotEmpty,
+    #[error("namespace settings file is damaged: {0}")]
+    BadSettings(String),
+}
+
+pub type Result<T> = std::result::Result<T, EngineError>;
+
+/// The settings of a namespace, kept in `namespace.conf` beside its segments.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Settings {
+    pub password: Option<String>,
+    pub public: bool,
+    pub maxsize: u64,
+    pub worm: bool,
+    pub lock: bool,
+    pub freeze: bool,
+    pub mode: Mode,
+}
+
+impl Settings {
+    fn new(mode: Mode) -> Self {
+        Self {
+            password: None,
+            public: true,
+            maxsize: 0,
+            worm: false,
+            lock: false,
+            freeze: false,
+            mode,
+        }
+    }
+
+    fn encode(&self) -> String {
+        let mut out = String::new();
+        let password = self
+            .password
+            .as_deref()
+            .map(hex::encode)
+            .unwrap_or_default();
+        out.push_str(&format!("password_hex={password}\n"));
+        out.push_str(&format!("public={}\n", self.public as u8));
+        out.push_str(&format!("maxsize={}\n", self.maxsize));
+        out.push_str(&format!("worm={}\n", self.worm as u8));
+        out.push_str(&format!("lock={}\n", self.lock as u8));
+        out.push_str(&format!("freeze={}\n", self.freeze as u8));
+        out.push_str(&format!("mode={}\n", self.mode.name()));
+        let crc = crc32fast::hash(out.as_bytes());
+        out.push_str(&format!("crc32={crc:08x}\n"));
+        out
+    }
+
+    fn decode(text: &str) -> std::result::Result<Self, String> {
+        let body_end = text.rfind("crc32=").ok_or("no checksum line")?;
+        let (body, crc_line) = text.split_at(body_end);
+        let stored = u32::from_str_radix(crc_line.trim().trim_start_matches("crc32="), 16)
+            .map_err(|_| "bad checksum line")?;
+        if stored != crc32fast::hash(body.as_bytes()) {
+            return Err("checksum mismatch".into());
+        }
+        let mut settings = Settings::new(Mode::User);
+        for line in body.lines() {
+            let (key, value) = line.split_once('=').ok_or("line without '='")?;
+            let flag = || value == "1";
+            match key {
+                "password_hex" if value.is_empty() => settings.password = None,
+                "password_hex" => {
+                    let bytes = hex::decode(value).map_err(|_| "bad password field")?;
+                    settings.password =
+                        Some(String::from_utf8(bytes).map_err(|_| "bad password field")?);
+                }
+                "public" => settings.public = flag(),
+                "maxsize" => settings.maxsize = value.parse().map_err(|_| "bad maxsize")?,
+                "worm" => settings.worm = flag(),
+                "lock" => settings.lock = flag(),
+                "freeze" => settings.freeze = flag(),
+                "mode" => {
+                    settings.mode = if value == "sequential" {
+                        Mode::Seq
+                    } else {
+                        Mode::User
+                    }
+                }
+                _ => {} // written by a newer version: ignored
+            }
+        }
+        Ok(settings)
+    }
+}
+
+/// A damaged record found by a scan or a read.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Damage {
+    pub segment: u32,
+    pub offset: u64,
+    pub length: u64,
+    pub key: Option<Vec<u8>>,
+    pub detail: String,
+}
+
+/// Result of a SET.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SetOutcome {
+    /// Stored under this key; durable once the engine's durable ticket reaches `ticket`.
+    Stored { key: Vec<u8>, ticket: u64 },
+    /// The key already holds exactly this value: nothing was written.
+    Unchanged,
+}
+
+/// One key as SCAN reports it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ScanItem {
+    pub key: Vec<u8>,
+    pub value_len: u32,
+    pub timestamp_s: u32,
+}
+
+/// One step back in a key's history.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HistoryItem {
+    /// Cursor for the previous version, if any.
+    pub previous: Option<Vec<u8>>,
+    pub timestamp_s: u32,
+    /// The value at that time; `None` for a deletion.
+    pub value: Option<Vec<u8>>,
+}
+
+/// Statistics of a namespace for NSINFO and INFO.
+#[derive(Debug, Clone)]
+pub struct NamespaceInfo {
+    pub name: String,
+    pub entries: u64,
+    pub data_bytes: u64,
+    pub log_bytes: u64,
+    pub segments: usize,
+    pub index_bytes_estimate: u64,
+    pub damaged: u64,
+    pub record_count: u64,
+    pub chain_head: [u8; LINK_BYTES],
+    pub settings: Settings,
+}
+
+fn now_us() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_micros() as u64)
+        .unwrap_or(0)
+}
+
+/// Checks a namespace name.
+pub fn valid_namespace_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= NAMESPACE_NAME_BYTES_MAX
+        && name != "."
+        && name != ".."
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'.' || b == b'_' || b == b'-')
+}
+
+/// Bytes appended but not yet on disk, for one segment.
+#[derive(Debug)]
+struct PendingChunk {
+    segment: u32,
+    offset: u64,
+    data: Vec<u8>,
+}
+
+/// What the flusher took from a namespace and is writing.
+#[derive(Debug)]
+struct InflightChunk {
+    segment: u32,
+    offset: u64,
+    data: Arc<Vec<u8>>,
+}
+
+/// One buffer the flusher writes: namespace, file, offset, bytes.
+type FlushWrite = (Arc<Namespace>, Arc<File>, u64, Arc<Vec<u8>>);
+
+/// The mutable state of a namespace, behind its lock.
+#[derive(Debug)]
+struct NsState {
+    settings: Settings,
+    index: HashMap<Box<[u8]>, Entry>,
+    files: BTreeMap<u32, Arc<File>>,
+    active_segment: u32,
+    /// End of the active segment, counting records still pending.
+    append_offset: u64,
+    pending: Vec<PendingChunk>,
+    inflight: Vec<InflightChunk>,
+    pending_bytes: usize,
+    chain_head: [u8; LINK_BYTES],
+    next_sequence: u64,
+    next_id: u64,
+    record_count: u64,
+    live_bytes: u64,
+    log_bytes: u64,
+    damaged: Vec<Damage>,
+    damaged_total: u64,
+    changed_since_snapshot: bool,
+    snapshot_due: bool,
+    last_snapshot: Instant,
+    deleted: bool,
+}
+
+/// A namespace: a directory of segments, its settings and its index.
+#[derive(Debug)]
+pub struct Namespace {
+    name: String,
+    data_dir: PathBuf,
+    index_dir: PathBuf,
+    state: Mutex<NsState>,
+}
+
+/// Durability progress, published by the flusher.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Progress {
+    /// Every write with a ticket at or below this is durable.
+    pub durable_ticket: u64,
+    /// Flush rounds completed (pending memory was released).
+    pub rounds: u64,
+    /// The storage failed: nothing more becomes durable.
+    pub failed: bool,
+}
+
+#[derive(Debug, Default)]
+struct FlushSignal {
+    wake: bool,
+    shutdown: bool,
+}
+
+/// The engine: all namespaces of one server.
+#[derive(Debug)]
+pub struct Engine {
+    config: EngineConfig,
+    io: Arc<dyn StorageIo>,
+    namespaces: RwLock<BTreeMap<String, Arc<Namespace>>>,
+    issued_ticket: AtomicU64,
+    signal: Mutex<FlushSignal>,
+    signal_cond: Condvar,
+    wake_pending: AtomicBool,
+    progress: watch::Sender<Progress>,
+    failure: Mutex<Option<String>>,
+    flusher: Mutex<Option<JoinHandle<()>>>,
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    // A panic while holding a namespace lock is a bug; the state is still structurally valid
+    // (every mutation is completed before anything can fail), so keep serving.
+    mutex
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+impl Engine {
+    /// Opens (or creates) the data and index directories, recovers every namespace and starts
+    /// the flusher thread.
+    pub fn open(config: EngineConfig, io: Arc<dyn StorageIo>) -> Result<Arc<Self>> {
+        std::fs::create_dir_all(&config.data_dir)?;
+        std::fs::create_dir_all(&config.index_dir)?;
+        let (progress, _) = watch::channel(Progress {
+            durable_ticket: 0,
+            rounds: 0,
+            failed: false,
+        });
+        let engine = Arc::new(Engine {
+            config,
+            io,
+            namespaces: RwLock::new(BTreeMap::new()),
+            issued_ticket: AtomicU64::new(0),
+            signal: Mutex::new(FlushSignal::default()),
+            signal_cond: Condvar::new(),
+            wake_pending: AtomicBool::new(false),
+            progress,
+            failure: Mutex::new(None),
+            flusher: Mutex::new(None),
+        });
+        let mut names = Vec::new();
+        for entry in std::fs::read_dir(&engine.config.data_dir)? {
+            let entry = entry?;
+            if entry.file_type()?.is_dir() {
+                if let Some(name) = entry
+                    .file_name()
+                    .to_str()
+                    .filter(|n| valid_namespace_name(n))
+                {
+                    names.push(name.to_string());
+                }
+            }
+        }
+        {
+            let mut namespaces = engine.namespaces.write().unwrap_or_else(|p| p.into_inner());
+            for name in names {
+                let namespace = engine.load_namespace(&name)?;
+                namespaces.insert(name, Arc::new(namespace));
+            }
+        }
+        if engine.namespace(DEFAULT_NAMESPACE).is_err() {
+            engine.create_namespace(DEFAULT_NAMESPACE)?;
+        }
+        let worker = Arc::clone(&engine);
+        let handle = std::thread::Builder::new()
+            .name("zdb-flusher".into())
+            .spawn(move || worker.flusher_loop())?;
+        *lock(&engine.flusher) = Some(handle);
+        Ok(engine)
+    }
+
+    pub fn config(&self) -> &EngineConfig {
+        &self.config
+    }
+
+    pub fn io_name(&self) -> &'static str {
+        self.io.name()
+    }
+
+    /// Watches durability progress (for `--sync` replies and back-pressure).
+    pub fn progress(&self) -> watch::Receiver<Progress> {
+        self.progress.subscribe()
+    }
+
+    /// Set when a write or sync failed: the engine then refuses writes.
+    pub fn failure(&self) -> Option<String> {
+        lock(&self.failure).clone()
+    }
+
+    /// Waits until every write up to `ticket` is durable.
+    pub async fn wait_durable(&self, ticket: u64) -> Result<()> {
+        let mut receiver = self.progress.subscribe();
+        let progress = receiver
+            .wait_for(|p| p.durable_ticket >= ticket || p.failed)
+            .await
+            .map_err(|_| EngineError::Failed("engine stopped".into()))?;
+        if progress.durable_ticket >= ticket {
+            Ok(())
+        } else {
+            Err(EngineError::Failed(self.failure().unwrap_or_default()))
+        }
+    }
+
+    /// Waits while the namespace holds more than `pending_bytes_max` bytes not yet written.
+    pub async fn wait_for_room(&self, namespace: &Namespace) {
+        let mut receiver = self.progress.subscribe();
+        while lock(&namespace.state).pending_bytes > self.config.pending_bytes_max {
+            let _ = receiver.changed().await;
+            if receiver.borrow().failed {
+                return;
+            }
+        }
+    }
+
+    /// Names of all namespaces, sorted.
+    pub fn namespace_names(&self) -> Vec<String> {
+        self.namespaces
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .keys()
+            .cloned()
+            .collect()
+    }
+
+    pub fn namespace(&self, name: &str) -> Result<Arc<Namespace>> {
+        self.namespaces
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(name)
+            .cloned()
+            .ok_or(EngineError::NamespaceNotFound)
+    }
+
+    pub fn create_namespace(&self, name: &str) -> Result<Arc<Namespace>> {
+        if !valid_namespace_name(name) {
+            return Err(EngineError::InvalidNamespaceName);
+        }
+        let mut namespaces = self.namespaces.write().unwrap_or_else(|p| p.into_inner());
+        if namespaces.contains_key(name) {
+            return Err(EngineError::NamespaceExists);
+        }
+        let data_dir = self.config.data_dir.join(name);
+        let index_dir = self.config.index_dir.join(name);
+        std::fs::create_dir_all(&data_dir)?;
+        std::fs::create_dir_all(&index_dir)?;
+        let settings = Settings::new(self.config.default_mode);
+        write_settings(&data_dir, &settings)?;
+        sync_dir(&self.config.data_dir)?;
+        let namespace = Arc::new(self.load_namespace(name)?);
+        namespaces.insert(name.to_string(), Arc::clone(&namespace));
+        tracing::info!(namespace = name, "namespace created");
+        Ok(namespace)
+    }
+
+    /// Deletes a namespace and everything in it.
+    pub fn delete_namespace(&self, name: &str) -> Result<()> {
+        let namespace = {
+            let mut namespaces = self.namespaces.write().unwrap_or_else(|p| p.into_inner());
+            namespaces
+                .remove(name)
+                .ok_or(EngineError::NamespaceNotFound)?
+        };
+        let mut state = lock(&namespace.state);
+        state.deleted = true;
+        state.pending.clear();
+        state.index.clear();
+        state.files.clear();
+        drop(state);
+        std::fs::remove_dir_all(&namespace.data_dir)?;
+        let _ = std::fs::remove_dir_all(&namespace.index_dir);
+        tracing::info!(namespace = name, "namespace deleted");
+        Ok(())
+    }
+
+    fn load_namespace(&self, name: &str) -> Result<Namespace> {
+        let data_dir = self.config.data_dir.join(name);
+        let index_dir = self.config.index_dir.join(name);
+        std::fs::create_dir_all(&index_dir)?;
+        let settings = match std::fs::read_to_string(data_dir.join(SETTINGS_FILE)) {
+            Ok(text) => Settings::decode(&text).map_err(|e| {
+                EngineError::BadSettings(format!("{}: {e}", data_dir.join(SETTINGS_FILE).display()))
+            })?,
+            Err(error) if error.kind() == io::ErrorKind::NotFound => {
+                let settings = Settings::new(self.config.default_mode);
+                write_settings(&data_dir, &settings)?;
+                settings
+            }
+            Err(error) => return Err(error.into()),
+        };
+        let started = Instant::now();
+        let state = recover(&*self.io, name, &data_dir, &index_dir, settings)?;
+        tracing::info!(
+            namespace = name,
+            keys = state.index.len(),
+            records = state.record_count,
+            damaged = state.damaged_total,
+            elapsed_ms = started.elapsed().as_millis() as u64,
+            "namespace loaded"
+        );
+        Ok(Namespace {
+            name: name.to_string(),
+            data_dir,
+            index_dir,
+            state: Mutex::new(state),
+        })
+    }
+
+    fn check_failed(&self) -> Result<()> {
+        match &*lock(&self.failure) {
+            Some(reason) => Err(EngineError::Failed(reason.clone())),
+            None => Ok(()),
+        }
+    }
+
+    fn wake_flusher(&self) {
+        if !self.wake_pending.swap(true, Ordering::AcqRel) {
+            lock(&self.signal).wake = true;
+            self.signal_cond.notify_one();
+        }
+    }
+
+    /// Stores `value` under `key` (in seq mode, an empty key asks for a new id). `timestamp_s`
+    /// overrides the record's time (0-db lets an admin do this for replication).
+    pub fn set(
+        &self,
+        namespace: &Namespace,
+        key: &[u8],
+        value: &[u8],
+        timestamp_s: Option<u32>,
+    ) -> Result<SetOutcome> {
+        if key.len() > KEY_BYTES_MAX {
+            return Err(EngineError::KeyTooLong(key.len()));
+        }
+        if value.len() > VALUE_BYTES_MAX {
+            return Err(EngineError::ValueTooLarge(value.len()));
+        }
+        self.check_failed()?;
+        let mut state = lock(&namespace.state);
+        state.writable()?;
+        let key_owned: Vec<u8> = match state.settings.mode {
+            Mode::User => key.to_vec(),
+            Mode::Seq if key.is_empty() => state.next_id.to_le_bytes().to_vec(),
+            Mode::Seq => {
+                if key.len() != 8 || !state.index.contains_key(key) {
+                    return Err(EngineError::InvalidSeqKey);
+                }
+                key.to_vec()
+            }
+        };
+        let value_crc = crc32fast::hash(value);
+        let previous = state.index.get(key_owned.as_slice()).copied();
+        if let Some(old) = previous {
+            if state.settings.worm {
+                return Err(EngineError::Worm);
+            }
+            if old.value_len as usize == value.len()
+                && old.value_crc == value_crc
+                && old.flags & ENTRY_DAMAGED == 0
+            {
+                // Probably the same value: compare the bytes to be sure.
+                let (record_bytes, _) =
+                    self.read_record_locked(namespace, state, &key_owned, old)?;
+                let same = &record_bytes[HEADER_BYTES + key_owned.len()..] == value;
+                if same {
+                    return Ok(SetOutcome::Unchanged);
+                }
+                state = lock(&namespace.state);
+                state.writable()?;
+            }
+        }
+        let previous = state.index.get(key_owned.as_slice()).copied();
+        let freed = previous.map(|old| old.value_len as u64).unwrap_or(0);
+        if state.settings.maxsize > 0
+            && state.live_bytes - freed + value.len() as u64 > state.settings.maxsize
+        {
+            return Err(EngineError::NamespaceFull(state.settings.maxsize));
+        }
+        let timestamp_us = timestamp_s
+            .map(|s| s as u64 * 1_000_000)
+            .unwrap_or_else(now_us);
+        let (prev_segment, prev_offset) = previous.map(|e| (e.segment, e.offset)).unwrap_or((0, 0));
+        let (segment_id, offset) = self.append(
+            &mut state,
+            namespace,
+            &NewRecord {
+                flags: 0,
+                key: &key_owned,
+                value,
+                timestamp_us,
+                sequence: 0,
+                prev_segment,
+                prev_offset,
+            },
+        )?;
+        let entry = Entry {
+            segment: segment_id,
+            offset: offset as u32,
+            value_len: value.len() as u32,
+            value_crc,
+            timestamp_s: (timestamp_us / 1_000_000) as u32,
+            flags: 0,
+        };
+        state.live_bytes = state.live_bytes - freed + value.len() as u64;
+        if state.settings.mode == Mode::Seq && key.is_empty() {
+            state.next_id += 1;
+        }
+        state
+            .index
+            .insert(key_owned.clone().into_boxed_slice(), entry);
+        let ticket = self.issued_ticket.fetch_add(1, Ordering::AcqRel) + 1;
+        drop(state);
+        self.wake_flusher();
+        Ok(SetOutcome::Stored {
+            key: key_owned,
+            ticket,
+        })
+    }
+
+    /// Deletes `key`: writes a tombstone. Returns the write ticket.
+    pub fn delete(&self, namespace: &Namespace, key: &[u8]) -> Result<u64> {
+        self.check_failed()?;
+        let mut state = lock(&namespace.state);
+        state.writable()?;
+        let old = *state.index.get(key).ok_or(EngineError::NotFound)?;
+        if state.settings.worm {
+            return Err(EngineError::Worm);
+        }
+        self.append(
+            &mut state,
+            namespace,
+            &NewRecord {
+                flags: FLAG_TOMBSTONE,
+                key,
+                value: &[],
+                timestamp_us: now_us(),
+                sequence: 0,
+                prev_segment: old.segment,
+                prev_offset: old.offset,
+            },
+        )?;
+        state.index.remove(key);
+        state.live_bytes -= old.value_len as u64;
+        let ticket = self.issued_ticket.fetch_add(1, Ordering::AcqRel) + 1;
+        drop(state);
+        self.wake_flusher();
+        Ok(ticket)
+    }
+
+    /// Appends an encoded record to the namespace's pending buffer, starting a new segment
+    /// first when the active one is full. Returns where the record will live.
+    fn append(
+        &self,
+        state: &mut NsState,
+        namespace: &Namespace,
+        new: &NewRecord<'_>,
+    ) -> Result<(u32, u64)> {
+        let record_bytes = (HEADER_BYTES + new.key.len() + new.value.len()) as u64;
+        let limit = self.config.segment_bytes_max.min(SEGMENT_BYTES_MAX);
+        if state.append_offset + record_bytes > limit
+            && state.append_offset > SEGMENT_HEADER_BYTES as u64
+        {
+            self.start_segment(state, namespace)?;
+        }
+        let segment_id = state.active_segment;
+        let offset = state.append_offset;
+        let needs_chunk = match state.pending.last() {
+            Some(chunk) => chunk.segment != segment_id,
+            None => true,
+        };
+        if needs_chunk {
+            state.pending.push(PendingChunk {
+                segment: segment_id,
+                offset,
+                data: Vec::with_capacity(64 * 1024),
+            });
+        }
+        let record = NewRecord {
+            sequence: state.next_sequence,
+            ..*new
+        };
+        let chain_head = state.chain_head;
+        let Some(chunk) = state.pending.last_mut() else {
+            return Err(EngineError::Failed("pending buffer missing".into()));
+        };
+        let before = chunk.data.len();
+        let (link, _) = record::encode(&record, &chain_head, &mut chunk.data);
+        let written = (chunk.data.len() - before) as u64;
+        state.chain_head = link;
+        state.next_sequence += 1;
+        state.record_count += 1;
+        state.append_offset += written;
+        state.log_bytes += written;
+        state.pending_bytes += written as usize;
+        state.changed_since_snapshot = true;
+        Ok((segment_id, offset))
+    }
+
+    /// Opens the next segment file and queues its header.
+    fn start_segment(&self, state: &mut NsState, namespace: &Namespace) -> Result<()> {
+        let segment_id = state.active_segment + 1;
+        let path = segment::path(&namespace.data_dir, segment_id);
+        let file = File::options()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .open(&path)?;
+        state.files.insert(segment_id, Arc::new(file));
+        state.active_segment = segment_id;
+        state.append_offset = SEGMENT_HEADER_BYTES as u64;
+        state.pending.push(PendingChunk {
+            segment: segment_id,
+            offset: 0,
+            data: segment::encode_header(segment_id, now_us()).to_vec(),
+        });
+        state.pending_bytes += SEGMENT_HEADER_BYTES;
+        state.log_bytes += SEGMENT_HEADER_BYTES as u64;
+        state.snapshot_due = true;
+        tracing::debug!(
+            namespace = namespace.name,
+            segment = segment_id,
+            "new segment"
+        );
+        Ok(())
+    }
+
+    /// Reads a whole record (verified) for `entry`, releasing the lock before any disk read.
+    /// Returns the record bytes and its header.
+    fn read_record_locked(
+        &self,
+        namespace: &Namespace,
+        state: MutexGuard<'_, NsState>,
+        key: &[u8],
+        entry: Entry,
+    ) -> Result<(Vec<u8>, record::Header)> {
+        let length = HEADER_BYTES + key.len() + entry.value_len as usize;
+        let location = Location {
+            segment: entry.segment,
+            offset: entry.offset as u64,
+        };
+        let bytes = self.read_at(namespace, state, location, length)?;
+        let header = self.check_record(namespace, location, &bytes)?;
+        if &bytes[HEADER_BYTES..HEADER_BYTES + header.key_len as usize] != key {
+            return Err(self.note_damage(
+                namespace,
+                location,
+                length as u64,
+                Some(key),
+                "record holds another key".into(),
+            ));
+        }
+        Ok((bytes, header))
+    }
+
+    fn check_record(
+        &self,
+        namespace: &Namespace,
+        location: Location,
+        bytes: &[u8],
+    ) -> Result<record::Header> {
+        record::verify(bytes).map_err(|error| {
+            let key = record::decode_header(bytes).ok().and_then(|h| {
+                bytes
+                    .get(HEADER_BYTES..HEADER_BYTES + h.key_len as usize)
+                    .map(|k| k.to_vec())
+            });
+            self.note_damage(
+                namespace,
+                location,
+                bytes.len() as u64,
+                key.as_deref(),
+                error.to_string(),
+            )
+        })
+    }
+
+    /// Reads `length` bytes at `location`, from memory when not yet written, else from disk.
+    fn read_at(
+        &self,
+        namespace: &Namespace,
+        state: MutexGuard<'_, NsState>,
+        location: Location,
+        length: usize,
+    ) -> Result<Vec<u8>> {
+        let in_memory = |segment: u32, offset: u64, data: &[u8]| -> Option<Vec<u8>> {
+            if segment != location.segment || location.offset < offset {
+                return None;
+            }
+            let start = (location.offset - offset) as usize;
+            data.get(start..start + length).map(|b| b.to_vec())
+        };
+        for chunk in &state.pending {
+            if let Some(bytes) = in_memory(chunk.segment, chunk.offset, &chunk.data) {
+                return Ok(bytes);
+            }
+        }
+        for chunk in &state.inflight {
+            if let Some(bytes) = in_memory(chunk.segment, chunk.offset, &chunk.data) {
+                return Ok(bytes);
+            }
+        }
+        let file =
+            state
+                .files
+                .get(&location.segment)
+                .cloned()
+                .ok_or_else(|| EngineError::Corrupt {
+                    segment: location.segment,
+                    offset: location.offset,
+                    detail: "segment file missing".into(),
+                })?;
+        drop(state);
+        let _ = namespace;
+        let mut buffer = vec![0u8; length];
+        match self.io.read_exact_at(&file, location.offset, &mut buffer) {
+            Ok(()) => Ok(buffer),
+            Err(error) if error.kind() == io::ErrorKind::UnexpectedEof => Err(self.note_damage(
+                namespace,
+                location,
+                length as u64,
+                None,
+                "record extends past the end of its segment".into(),
+            )),
+            Err(error) => Err(error.into()),
+        }
+    }
+
+    fn note_damage(
+        &self,
+        namespace: &Namespace,
+        location: Location,
+        length: u64,
+        key: Option<&[u8]>,
+        detail: String,
+    ) -> EngineError {
+        tracing::error!(
+            namespace = namespace.name,
+            segment = location.segment,
+            offset = location.offset,
+            %detail,
+            "damaged record: refusing to return it"
+        );
+        let mut state = lock(&namespace.state);
+        let already = state
+            .damaged
+            .iter()
+            .any(|d| d.segment == location.segment && d.offset == location.offset);
+        if !already {
+            state.damaged_total += 1;
+            if state.damaged.len() < DAMAGE_REPORTS_MAX {
+                state.damaged.push(Damage {
+                    segment: location.segment,
+                    offset: location.offset,
+                    length,
+                    key: key.map(|k| k.to_vec()),
+                    detail: detail.clone(),
+                });
+            }
+            if let Some(key) = key {
+                if let Some(entry) = state.index.get_mut(key) {
+                    if entry.segment == location.segment && entry.offset as u64 == location.offset {
+                        entry.flags |= ENTRY_DAMAGED;
+                    }
+                }
+            }
+        }
+        EngineError::Corrupt {
+            segment: location.segment,
+            offset: location.offset,
+            detail,
+        }
+    }
+
+    /// The value of `key`, verified; `Ok(None)` when there is none.
+    pub fn get(&self, namespace: &Namespace, key: &[u8]) -> Result<Option<Vec<u8>>> {
+        let state = lock(&namespace.state);
+        state.readable()?;
+        let Some(entry) = state.index.get(key).copied() else {
+            return Ok(None);
+        };
+        let (mut bytes, header) = self.read_record_locked(namespace, state, key, entry)?;
+        bytes.drain(..HEADER_BYTES + header.key_len as usize);
+        Ok(Some(bytes))
+    }
+
+    /// Whether `key` exists.
+    pub fn exists(&self, namespace: &Namespace, key: &[u8]) -> Result<bool> {
+        let state = lock(&namespace.state);
+        state.readable()?;
+        Ok(state.index.contains_key(key))
+    }
+
+    /// Re-reads the record of `key` and checks it. `Ok(None)` when there is no such key.
+    pub fn check(&self, namespace: &Namespace, key: &[u8]) -> Result<Option<bool>> {
+        let state = lock(&namespace.state);
+        state.readable()?;
+        let Some(entry) = state.index.get(key).copied() else {
+            return Ok(None);
+        };
+        match self.read_record_locked(namespace, state, key, entry) {
+            Ok(_) => Ok(Some(true)),
+            Err(EngineError::Corrupt { .. }) => Ok(Some(false)),
+            Err(error) => Err(error),
+        }
+    }
+
+    /// The index entry of `key` (length and time), without reading the record.
+    pub fn entry(&self, namespace: &Namespace, key: &[u8]) -> Result<Option<Entry>> {
+        let state = lock(&namespace.state);
+        state.readable()?;
+        Ok(state.index.get(key).copied())
+    }
+
+    /// The cursor designating `key`'s current record (KEYCUR).
+    pub fn key_cursor(&self, namespace: &Namespace, key: &[u8]) -> Result<Vec<u8>> {
+        let entry = self.entry(namespace, key)?.ok_or(EngineError::NotFound)?;
+        Ok(Location {
+            segment: entry.segment,
+            offset: entry.offset as u64,
+        }
+        .cursor())
+    }
+
+    /// Walks live keys in log order, after `cursor` (from the start when `None`), forward or
+    /// backward. Returns at most `count_max` items and the cursor of the last one.
+    pub fn scan(
+        &self,
+        namespace: &Namespace,
+        cursor: Option<&[u8]>,
+        backward: bool,
+        count_max: usize,
+    ) -> Result<(Vec<ScanItem>, Option<Vec<u8>>)> {
+        let start = match cursor {
+            Some(bytes) => Some(Location::from_cursor(bytes)?),
+            None => None,
+        };
+        let segments: Vec<u32> = {
+            let state = lock(&namespace.state);
+            state.readable()?;
+            state.files.keys().copied().collect()
+        };
+        if let Some(start) = start {
+            if !segments.contains(&start.segment) {
+                return Err(EngineError::InvalidCursor);
+            }
+        }
+        let mut items = Vec::new();
+        let mut last = None;
+        let ordered: Vec<u32> = if backward {
+            segments.into_iter().rev().collect()
+        } else {
+            segments
+        };
+        for segment_id in ordered {
+            let mut from = SEGMENT_HEADER_BYTES as u64;
+            if let Some(start) = start {
+                if (!backward && segment_id < start.segment)
+                    || (backward && segment_id > start.segment)
+                {
+                    continue;
+                }
+                if !backward && segment_id == start.segment {
+                    from = start.offset;
+                }
+            }
+            let mut visit = |offset: u64, key: Vec<u8>, value_len: u32, timestamp_s: u32| -> bool {
+                let here = Location {
+                    segment: segment_id,
+                    offset,
+                };
+                if let Some(start) = start {
+                    let after = if backward { here < start } else { here > start };
+                    if !after {
+                        return true;
+                    }
+                }
+                let live = lock(&namespace.state)
+                    .index
+                    .get(key.as_slice())
+                    .is_some_and(|e| e.segment == segment_id && e.offset as u64 == offset);
+                if live {
+                    items.push(ScanItem {
+                        key,
+                        value_len,
+                        timestamp_s,
+                    });
+                    last = Some(here.cursor());
+                }
+                items.len() < count_max
+            };
+            if backward {
+                // Records only link forward: collect the segment's records, then walk them back.
+                let mut records = Vec::new();
+                self.walk_segment(
+                    namespace,
+                    segment_id,
+                    from,
+                    |offset, key, value_len, timestamp_s| {
+                        records.push((offset, key, value_len, timestamp_s));
+                        start.is_none_or(|s| s.segment != segment_id || offset < s.offset)
+                    },
+                )?;
+                for (offset, key, value_len, timestamp_s) in records.into_iter().rev() {
+                    if !visit(offset, key, value_len, timestamp_s) {
+                        return Ok((items, last));
+                    }
+                }
+            } else if !self.walk_segment(namespace, segment_id, from, &mut visit)? {
+                return Ok((items, last));
+            }
+        }
+        Ok((items, last))
+    }
+
+    /// Reads the records of a segment from `from` on, calling `visit(offset, key, value
+    /// length, timestamp)` for each that is not a tombstone until it returns false. Returns
+    /// false when stopped by `visit`.
+    fn walk_segment(
+        &self,
+        namespace: &Namespace,
+        segment_id: u32,
+        from: u64,
+        mut visit: impl FnMut(u64, Vec<u8>, u32, u32) -> bool,
+    ) -> Result<bool> {
+        let mut offset = from;
+        loop {
+            let state = lock(&namespace.state);
+            let Some(file) = state.files.get(&segment_id).cloned() else {
+                return Ok(true);
+            };
+            let end = if segment_id == state.active_segment {
+                state.append_offset
+            } else {
+                file.metadata()?.len()
+            };
+            if offset + HEADER_BYTES as u64 > end {
+                return Ok(true);
+            }
+            let head_len = (HEADER_BYTES + KEY_BYTES_MAX).min((end - offset) as usize);
+            let location = Location {
+                segment: segment_id,
+                offset,
+            };
+            let head = self.read_at(namespace, state, location, head_len)?;
+            let Ok(header) = record::decode_header(&head) else {
+                // Damage: this walk stops here (it was reported when the namespace was loaded).
+                return Ok(true);
+            };
+            let key_end = HEADER_BYTES + header.key_len as usize;
+            if !header.is_tombstone()
+                && key_end <= head.len()
+                && !visit(
+                    offset,
+                    head[HEADER_BYTES..key_end].to_vec(),
+                    header.value_len,
+                    (header.timestamp_us / 1_000_000) as u32,
+                )
+            {
+                return Ok(false);
+            }
+            offset += header.record_bytes() as u64;
+        }
+    }
+
+    /// One step of HISTORY: the record at `cursor` (or the current one of `key`).
+    pub fn history(
+        &self,
+        namespace: &Namespace,
+        key: &[u8],
+        cursor: Option<&[u8]>,
+    ) -> Result<HistoryItem> {
+        let state = lock(&namespace.state);
+        state.readable()?;
+        let location = match cursor {
+            Some(bytes) => Location::from_cursor(bytes)?,
+            None => {
+                let entry = state.index.get(key).copied().ok_or(EngineError::NotFound)?;
+                Location {
+                    segment: entry.segment,
+                    offset: entry.offset as u64,
+                }
+            }
+        };
+        if !state.files.contains_key(&location.segment) {
+            return Err(EngineError::InvalidCursor);
+        }
+        let head = self.read_at(namespace, state, location, HEADER_BYTES)?;
+        let header = record::decode_header(&head).map_err(|_| EngineError::InvalidCursor)?;
+        let state = lock(&namespace.state);
+        let bytes = self.read_at(namespace, state, location, header.record_bytes())?;
+        let header = self.check_record(namespace, location, &bytes)?;
+        if &bytes[HEADER_BYTES..HEADER_BYTES + header.key_len as usize] != key {
+            return Err(EngineError::InvalidCursor);
+        }
+        let previous = (header.prev_segment != 0).then(|| {
+            Location {
+                segment: header.prev_segment,
+                offset: header.prev_offset as u64,
+            }
+            .cursor()
+        });
+        let value = (!header.is_tombstone())
+            .then(|| bytes[HEADER_BYTES + header.key_len as usize..].to_vec());
+        Ok(HistoryItem {
+            previous,
+            timestamp_s: (header.timestamp_us / 1_000_000) as u32,
+            value,
+        })
+    }
+
+    /// Removes every key of a namespace (FLUSH): its segments are deleted and a new log begun.
+    pub fn flush_namespace(&self, namespace: &Namespace) -> Result<()> {
+        let mut state = lock(&namespace.state);
+        state.writable()?;
+        // Let in-flight writes land before their files disappear.
+        while !state.inflight.is_empty() {
+            drop(state);
+            std::thread::sleep(Duration::from_millis(1));
+            state = lock(&namespace.state);
+        }
+        for segment_id in state.files.keys() {
+            std::fs::remove_file(segment::path(&namespace.data_dir, *segment_id))?;
+        }
+        let _ = std::fs::remove_file(namespace.index_dir.join(SNAPSHOT_FILE));
+        let settings = state.settings.clone();
+        let deleted = state.deleted;
+        *state = empty_state(settings);
+        state.deleted = deleted;
+        let first = Arc::new(
+            File::options()
+                .read(true)
+                .write(true)
+                .create(true)
+                .truncate(true)
+                .open(segment::path(&namespace.data_dir, 1))?,
+        );
+        first.sync_all()?;
+        state.files.insert(1, Arc::clone(&first));
+        drop(state);
+        self.io.write_batch(
+            &[WriteRequest {
+                file: &first,
+                offset: 0,
+                data: &segment::encode_header(1, now_us()),
+            }],
+            &[&first],
+        )?;
+        sync_dir(&namespace.data_dir)?;
+        Ok(())
+    }
+
+    /// Changes a setting and saves it.
+    pub fn update_settings(
+        &self,
+        namespace: &Namespace,
+        change: impl FnOnce(&mut Settings) -> Result<()>,
+    ) -> Result<()> {
+        let mut state = lock(&namespace.state);
+        if state.deleted {
+            return Err(EngineError::NamespaceDeleted);
+        }
+        let mut settings = state.settings.clone();
+        change(&mut settings)?;
+        if settings.mode != state.settings.mode && !state.index.is_empty() {
+            return Err(EngineError::ModeNotEmpty);
+        }
+        write_settings(&namespace.data_dir, &settings)?;
+        state.settings = settings;
+        Ok(())
+    }
+
+    /// Starts a new segment now (NSJUMP).
+    pub fn jump(&self, namespace: &Namespace) -> Result<()> {
+        let mut state = lock(&namespace.state);
+        state.writable()?;
+        self.start_segment(&mut state, namespace)?;
+        drop(state);
+        self.wake_flusher();
+        Ok(())
+    }
+
+    pub fn info(&self, namespace: &Namespace) -> NamespaceInfo {
+        let state = lock(&namespace.state);
+        NamespaceInfo {
+            name: namespace.name.clone(),
+            entries: state.index.len() as u64,
+            data_bytes: state.live_bytes,
+            log_bytes: state.log_bytes,
+            segments: state.files.len(),
+            index_bytes_estimate: state.index.keys().map(|k| (k.len() + 48) as u64).sum(),
+            damaged: state.damaged_total,
+            record_count: state.record_count,
+            chain_head: state.chain_head,
+            settings: state.settings.clone(),
+        }
+    }
+
+    /// Damaged records found so far in a namespace.
+    pub fn damage(&self, namespace: &Namespace) -> Vec<Damage> {
+        lock(&namespace.state).damaged.clone()
+    }
+
+    /// Flushes everything, syncs, writes index snapshots and stops the flusher.
+    pub fn shutdown(&self) {
+        {
+            let mut signal = lock(&self.signal);
+            signal.shutdown = true;
+        }
+        self.signal_cond.notify_all();
+        if let Some(handle) = lock(&self.flusher).take() {
+            let _ = handle.join();
+        }
+    }
+
+    fn flusher_loop(self: Arc<Self>) {
+        let sync_interval = match self.config.durability {
+            Durability::Sync => Duration::ZERO,
+            Durability::Periodic(interval) => interval,
+        };
+        let mut dirty_files: Vec<Arc<File>> = Vec::new();
+        let mut last_sync = Instant::now();
+        let mut rounds = 0u64;
+        loop {
+            let shutdown = {
+                let mut signal = lock(&self.signal);
+                while !signal.wake && !signal.shutdown {
+                    let timeout = if dirty_files.is_empty() {
+                        Duration::from_millis(500)
+                    } else {
+                        sync_interval
+                            .saturating_sub(last_sync.elapsed())
+                            .max(Duration::from_millis(1))
+                    };
+                    let (guard, result) = self
+                        .signal_cond
+                        .wait_timeout(signal, timeout)
+                        .unwrap_or_else(|p| p.into_inner());
+                    signal = guard;
+                    if result.timed_out() {
+                        break;
+                    }
+                }
+                signal.wake = false;
+                signal.shutdown
+            };
+            self.wake_pending.store(false, Ordering::Release);
+            let target_ticket = self.issued_ticket.load(Ordering::Acquire);
+            let namespaces: Vec<Arc<Namespace>> = self
+                .namespaces
+                .read()
+                .unwrap_or_else(|p| p.into_inner())
+                .values()
+                .cloned()
+                .collect();
+            // Take every namespace's pending bytes.
+            let mut batch: Vec<FlushWrite> = Vec::new();
+            for namespace in &namespaces {
+                let mut state = lock(&namespace.state);
+                let pending = std::mem::take(&mut state.pending);
+                for chunk in pending {
+                    let Some(file) = state.files.get(&chunk.segment).cloned() else {
+                        continue;
+                    };
+                    let data = Arc::new(chunk.data);
+                    state.inflight.push(InflightChunk {
+                        segment: chunk.segment,
+                        offset: chunk.offset,
+                        data: Arc::clone(&data),
+                    });
+                    batch.push((Arc::clone(namespace), file, chunk.offset, data));
+                }
+            }
+            for (_, file, _, _) in &batch {
+                if !dirty_files.iter().any(|f| Arc::ptr_eq(f, file)) {
+                    dirty_files.push(Arc::clone(file));
+                }
+            }
+            let sync_now = !dirty_files.is_empty()
+                && (sync_interval.is_zero() || shutdown || last_sync.elapsed() >= sync_interval);
+            let writes: Vec<WriteRequest<'_>> = batch
+                .iter()
+                .map(|(_, file, offset, data)| WriteRequest {
+                    file,
+                    offset: *offset,
+                    data,
+                })
+                .collect();
+            let sync_refs: Vec<&File> = if sync_now {
+                dirty_files.iter().map(|f| f.as_ref()).collect()
+            } else {
+                Vec::new()
+            };
+            let result = if writes.is_empty() && sync_refs.is_empty() {
+                Ok(())
+            } else {
+                self.io.write_batch(&writes, &sync_refs)
+            };
+            drop(writes);
+            drop(sync_refs);
+            // Release the written buffers.
+            for namespace in &namespaces {
+                let mut state = lock(&namespace.state);
+                let mut released = 0usize;
+                state.inflight.retain(|chunk| {
+                    let written = batch.iter().any(|(_, _, offset, data)| {
+                        Arc::ptr_eq(data, &chunk.data) && *offset == chunk.offset
+                    });
+                    if written {
+                        released += chunk.data.len();
+                    }
+                    !written
+                });
+                state.pending_bytes = state.pending_bytes.saturating_sub(released);
+            }
+            rounds += 1;
+            match result {
+                Ok(()) => {
+                    if sync_now {
+                        dirty_files.clear();
+                        last_sync = Instant::now();
+                    }
+                    let durable = if sync_now || (dirty_files.is_empty() && batch.is_empty()) {
+                        target_ticket
+                    } else {
+                        self.progress.borrow().durable_ticket
+                    };
+                    let durable = durable.max(self.progress.borrow().durable_ticket);
+                    self.progress.send_replace(Progress {
+                        durable_ticket: durable,
+                        rounds,
+                        failed: false,
+                    });
+                    if sync_now || shutdown {
+                        self.snapshots(&namespaces, shutdown);
+                    }
+                }
+                Err(error) => {
+                    tracing::error!(%error, "write to disk failed: refusing writes from now on");
+                    *lock(&self.failure) = Some(error.to_string());
+                    let durable = self.progress.borrow().durable_ticket;
+                    self.progress.send_replace(Progress {
+                        durable_ticket: durable,
+                        rounds,
+                        failed: true,
+                    });
+                }
+            }
+            if shutdown {
+                let pending_left = namespaces
+                    .iter()
+                    .any(|n| !lock(&n.state).pending.is_empty());
+                if !pending_left || self.failure().is_some() {
+                    return;
+                }
+            }
+        }
+    }
+
+    /// Writes the index snapshot of every namespace that is due: a new segment was started, the
+    /// interval passed with changes, or the server is stopping. Called right after a sync, so
+    /// the covered point is durable; namespaces with records still pending are left for later.
+    fn snapshots(&self, namespaces: &[Arc<Namespace>], force: bool) {
+        for namespace in namespaces {
+            let state = lock(&namespace.state);
+            let due = state.changed_since_snapshot
+                && (force
+                    || state.snapshot_due
+                    || state.last_snapshot.elapsed() >= self.config.snapshot_interval);
+            if !due || !state.pending.is_empty() || !state.inflight.is_empty() || state.deleted {
+                continue;
+            }
+            let meta = SnapshotMeta {
+                covered_segment: state.active_segment,
+                covered_offset: state.append_offset,
+                next_sequence: state.next_sequence,
+                next_id: state.next_id,
+                chain_head: state.chain_head,
+                record_count: state.record_count,
+            };
+            let index = state.index.clone();
+            drop(state);
+            let path = namespace.index_dir.join(SNAPSHOT_FILE);
+            match index_file::write(&path, &meta, &index) {
+                Ok(()) => {
+                    let mut state = lock(&namespace.state);
+                    state.snapshot_due = false;
+                    state.last_snapshot = Instant::now();
+                    state.changed_since_snapshot = state.next_sequence != meta.next_sequence;
+                }
+                Err(error) => {
+                    tracing::warn!(namespace = namespace.name, %error, "index snapshot not written")
+                }
+            }
+        }
+    }
+}
+
+impl Drop for Engine {
+    fn drop(&mut self) {
+        lock(&self.signal).shutdown = true;
+        self.signal_cond.notify_all();
+    }
+}
+
+impl Namespace {
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// A copy of the namespace's settings.
+    pub fn settings(&self) -> Settings {
+        lock(&self.state).settings.clone()
+    }
+}
+
+impl NsState {
+    fn writable(&self) -> Result<()> {
+        if self.deleted {
+            return Err(EngineError::NamespaceDeleted);
+        }
+        if self.settings.freeze {
+            return Err(EngineError::Frozen);
+        }
+        if self.settings.lock {
+            return Err(EngineError::Locked);
+        }
+        Ok(())
+    }
+
+    fn readable(&self) -> Result<()> {
+        if self.deleted {
+            return Err(EngineError::NamespaceDeleted);
+        }
+        if self.settings.freeze {
+            return Err(EngineError::Frozen);
+        }
+        Ok(())
+    }
+}
+
+/// A record's place: segment id and byte offset.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+struct Location {
+    segment: u32,
+    offset: u64,
+}
+
+impl Location {
+    /// Cursors are 8 bytes: segment id and offset, both u32 little-endian.
+    fn cursor(self) -> Vec<u8> {
+        let mut out = Vec::with_capacity(8);
+        out.extend_from_slice(&self.segment.to_le_bytes());
+        out.extend_from_slice(&(self.offset as u32).to_le_bytes());
+        out
+    }
+
+    fn from_cursor(bytes: &[u8]) -> Result<Self> {
+        if bytes.len() != 8 {
+            return Err(EngineError::InvalidCursor);
+        }
+        let segment = u32::from_le_bytes([bytes[0], bytes[1], bytes[2], bytes[3]]);
+        let offset = u32::from_le_bytes([bytes[4], bytes[5], bytes[6], bytes[7]]) as u64;
+        Ok(Location { segment, offset })
+    }
+}
+
+fn empty_state(settings: Settings) -> NsState {
+    NsState {
+        settings,
+        index: HashMap::new(),
+        files: BTreeMap::new(),
+        active_segment: 1,
+        append_offset: SEGMENT_HEADER_BYTES as u64,
+        pending: Vec::new(),
+        inflight: Vec::new(),
+        pending_bytes: 0,
+        chain_head: [0u8; LINK_BYTES],
+        next_sequence: 0,
+        next_id: 0,
+        record_count: 0,
+        live_bytes: 0,
+        log_bytes: SEGMENT_HEADER_BYTES as u64,
+        damaged: Vec::new(),
+        damaged_total: 0,
+        changed_since_snapshot: false,
+        snapshot_due: false,
+        last_snapshot: Instant::now(),
+        deleted: false,
+    }
+}
+
+fn write_settings(dir: &Path, settings: &Settings) -> io::Result<()> {
+    let path = dir.join(SETTINGS_FILE);
+    let temporary = dir.join(format!("{SETTINGS_FILE}.tmp"));
+    std::fs::write(&temporary, settings.encode())?;
+    File::open(&temporary)?.sync_all()?;
+    std::fs::rename(&temporary, &path)?;
+    sync_dir(dir)
+}
+
+fn sync_dir(dir: &Path) -> io::Result<()> {
+    File::open(dir)?.sync_all()
+}
+
+/// Rebuilds a namespace's state from its index snapshot (when it checks) and its segments.
+fn recover(
+    io: &dyn StorageIo,
+    name: &str,
+    data_dir: &Path,
+    index_dir: &Path,
+    settings: Settings,
+) -> Result<NsState> {
+    let mut state = empty_state(settings);
+    let mut segment_ids = segment::list(data_dir)?;
+    if segment_ids.is_empty() {
+        let file = File::options()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .open(segment::path(data_dir, 1))?;
+        io.write_batch(
+            &[WriteRequest {
+                file: &file,
+                offset: 0,
+                data: &segment::encode_header(1, now_us()),
+            }],
+            &[&file],
+        )?;
+        sync_dir(data_dir)?;
+        segment_ids.push(1);
+    }
+    for &segment_id in &segment_ids {
+        let file = File::options()
+            .read(true)
+            .write(true)
+            .open(segment::path(data_dir, segment_id))?;
+        state.files.insert(segment_id, Arc::new(file));
+    }
+    let snapshot = match index_file::read(&index_dir.join(SNAPSHOT_FILE)) {
+        Ok(Some((meta, index))) if state.files.contains_key(&meta.covered_segment) => {
+            Some((meta, index))
+        }
+        Ok(Some(_)) => {
+            tracing::warn!(
+                namespace = name,
+                "index snapshot refers to a missing segment: rebuilding from the segments"
+            );
+            None
+        }
+        Ok(None) => None,
+        Err(error) => {
+            tracing::warn!(namespace = name, %error, "index snapshot unusable: rebuilding from the segments");
+            None
+        }
+    };
+    let (start_segment, start_offset) = match snapshot {
+        Some((meta, index)) => {
+            state.index = index;
+            state.next_sequence = meta.next_sequence;
+            state.next_id = meta.next_id;
+            state.chain_head = meta.chain_head;
+            state.record_count = meta.record_count;
+            state.live_bytes = state.index.values().map(|e| e.value_len as u64).sum();
+            (meta.covered_segment, meta.covered_offset)
+        }
+        None => (segment_ids[0], SEGMENT_HEADER_BYTES as u64),
+    };
+    let last_segment = *segment_ids.last().unwrap_or(&1);
+    let mut log_bytes = 0u64;
+    for &segment_id in &segment_ids {
+        let file = Arc::clone(&state.files[&segment_id]);
+        let file_len = file.metadata()?.len();
+        if segment_id < start_segment {
+            log_bytes += file_len;
+            continue;
+        }
+        let mut header = [0u8; SEGMENT_HEADER_BYTES];
+        let header_ok = file_len >= SEGMENT_HEADER_BYTES as u64
+            && io.read_exact_at(&file, 0, &mut header).is_ok()
+            && segment::decode_header(&header) == Ok(segment_id);
+        if !header_ok {
+            if segment_id == last_segment && file_len <= SEGMENT_HEADER_BYTES as u64 {
+                // A segment whose creation was torn: start it again.
+                tracing::warn!(
+                    namespace = name,
+                    segment = segment_id,
+                    "torn segment header rewritten"
+                );
+                io.write_batch(
+                    &[WriteRequest {
+                        file: &file,
+                        offset: 0,
+                        data: &segment::encode_header(segment_id, now_us()),
+                    }],
+                    &[&file],
+                )?;
+            } else {
+                tracing::error!(
+                    namespace = name,
+                    segment = segment_id,
+                    "segment header damaged; scanning its records anyway"
+                );
+                state.damaged_total += 1;
+                state.damaged.push(Damage {
+                    segment: segment_id,
+                    offset: 0,
+                    length: SEGMENT_HEADER_BYTES as u64,
+                    key: None,
+                    detail: "segment header damaged".into(),
+                });
+            }
+        }
+        let from = if segment_id == start_segment {
+            start_offset.max(SEGMENT_HEADER_BYTES as u64)
+        } else {
+            SEGMENT_HEADER_BYTES as u64
+        };
+        let is_last = segment_id == last_segment;
+        let end = segment::scan(io, &file, from, is_last, |event| match event {
+            ScanEvent::Record {
+                offset,
+                header,
+                bytes,
+            } => {
+                let key: Box<[u8]> =
+                    bytes[HEADER_BYTES..HEADER_BYTES + header.key_len as usize].into();
+                state.chain_head = header.link;
+                state.next_sequence = state.next_sequence.max(header.sequence + 1);
+                state.record_count += 1;
+                if header.is_tombstone() {
+                    if let Some(old) = state.index.remove(&key) {
+                        state.live_bytes -= old.value_len as u64;
+                    }
+                } else {
+                    let value =
+                        &bytes[HEADER_BYTES + header.key_len as usize..header.record_bytes()];
+                    if state.settings.mode == Mode::Seq && key.len() == 8 {
+                        let mut id = [0u8; 8];
+                        id.copy_from_slice(&key);
+                        state.next_id = state.next_id.max(u64::from_le_bytes(id) + 1);
+                    }
+                    let entry = Entry {
+                        segment: segment_id,
+                        offset: offset as u32,
+                        value_len: header.value_len,
+                        value_crc: crc32fast::hash(value),
+                        timestamp_s: (header.timestamp_us / 1_000_000) as u32,
+                        flags: 0,
+                    };
+                    if let Some(old) = state.index.insert(key, entry) {
+                        state.live_bytes -= old.value_len as u64;
+                    }
+                    state.live_bytes += header.value_len as u64;
+                }
+            }
+            ScanEvent::Damaged {
+                offset,
+                length,
+                header,
+                key,
+                error,
+            } => {
+                tracing::error!(namespace = name, segment = segment_id, offset, length, %error, "damaged record kept in place (valid records follow it)");
+                state.damaged_total += 1;
+                if state.damaged.len() < DAMAGE_REPORTS_MAX {
+                    state.damaged.push(Damage {
+                        segment: segment_id,
+                        offset,
+                        length,
+                        key: key.clone(),
+                        detail: error.to_string(),
+                    });
+                }
+                // A record whose header is intact but whose key or value is not: its key now
+                // points at it, so reads report the damage instead of serving an older value.
+                if let (Some(header), Some(key)) = (header, key) {
+                    if !header.is_tombstone() {
+                        let entry = Entry {
+                            segment: segment_id,
+                            offset: offset as u32,
+                            value_len: header.value_len,
+                            value_crc: 0,
+                            timestamp_s: (header.timestamp_us / 1_000_000) as u32,
+                            flags: ENTRY_DAMAGED,
+                        };
+                        if let Some(old) = state.index.insert(key.into_boxed_slice(), entry) {
+                            state.live_bytes -= old.value_len as u64;
+                        }
+                        state.live_bytes += header.value_len as u64;
+                    }
+                    state.next_sequence = state.next_sequence.max(header.sequence + 1);
+                    state.chain_head = header.link;
+                    state.record_count += 1;
+                }
+            }
+        })?;
+        if let Some(error) = end.torn {
+            tracing::warn!(namespace = name, segment = segment_id, offset = end.valid_end, cut_bytes = file_len - end.valid_end, %error, "torn tail cut off");
+            file.set_len(end.valid_end)?;
+            file.sync_all()?;
+        }
+        log_bytes += end.valid_end;
+        if is_last {
+            state.active_segment = segment_id;
+            state.append_offset = end.valid_end.max(SEGMENT_HEADER_BYTES as u64);
+        }
+    }
+    state.log_bytes = log_bytes;
+    Ok(state)
+}

@@ -1,0 +1,302 @@
+//! The record: the unit appended to a segment. Layout and invariants are in
+//! `dataplane/docs/design.md`; this module is the only code that encodes or decodes it.
+//!
+//! ```text
+//!  0      4  magic "ZDBR"
+//!  4      1  version (1)
+//!  5      1  flags (bit 0: tombstone)
+//!  6      1  key length (0..=255)
+//!  7      1  reserved, 0
+//!  8      4  value length (u32 LE, <= 8 MiB)
+//! 12      8  timestamp, microseconds since the Unix epoch (u64 LE)
+//! 20      8  record sequence number in its namespace (u64 LE)
+//! 28      4  previous version of this key: segment id (u32 LE, 0 = none)
+//! 32      4  previous version of this key: offset in that segment (u32 LE)
+//! 36     32  chain link: blake3(previous link || bytes 0..36 || key || value)
+//! 68      4  reserved, 0
+//! 72      4  header crc32 over bytes 0..72
+//! 76      4  record crc32 over bytes 0..72, key and value
+//! 80      .. key, then value
+//! ```
+
+use thiserror::Error;
+
+/// Size of the fixed record header in bytes.
+pub const HEADER_BYTES: usize = 80;
+/// The record magic, "ZDBR".
+pub const MAGIC: [u8; 4] = *b"ZDBR";
+/// The only record version this build writes and reads.
+pub const VERSION: u8 = 1;
+/// Keys are at most this long (0-db's limit).
+pub const KEY_BYTES_MAX: usize = 255;
+/// Values are at most this long (0-db's limit).
+pub const VALUE_BYTES_MAX: usize = 8 * 1024 * 1024;
+/// Flag: this record deletes its key.
+pub const FLAG_TOMBSTONE: u8 = 0x01;
+/// Length of a chain link (blake3 output).
+pub const LINK_BYTES: usize = 32;
+
+/// What a decoder found wrong, precise enough to tell a torn tail from damage.
+#[derive(Debug, Error, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum RecordError {
+    #[error("record needs {needed} bytes, only {available} are there")]
+    Truncated { needed: usize, available: usize },
+    #[error("bad record magic {found:02x?}")]
+    BadMagic { found: [u8; 4] },
+    #[error("record header checksum mismatch (stored {stored:08x}, computed {computed:08x})")]
+    HeaderChecksum { stored: u32, computed: u32 },
+    #[error("unsupported record version {0}")]
+    Version(u8),
+    #[error("record length out of bounds: key {key_len}, value {value_len}")]
+    Length { key_len: usize, value_len: usize },
+    #[error("record checksum mismatch (stored {stored:08x}, computed {computed:08x})")]
+    RecordChecksum { stored: u32, computed: u32 },
+}
+
+/// The decoded fixed header of a record.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Header {
+    pub flags: u8,
+    pub key_len: u8,
+    pub value_len: u32,
+    pub timestamp_us: u64,
+    pub sequence: u64,
+    pub prev_segment: u32,
+    pub prev_offset: u32,
+    pub link: [u8; LINK_BYTES],
+    pub record_crc: u32,
+}
+
+impl Header {
+    /// Total bytes of the record this header starts.
+    pub fn record_bytes(&self) -> usize {
+        HEADER_BYTES + self.key_len as usize + self.value_len as usize
+    }
+
+    pub fn is_tombstone(&self) -> bool {
+        self.flags & FLAG_TOMBSTONE != 0
+    }
+}
+
+/// What a new record says, before it is encoded.
+#[derive(Debug, Clone, Copy)]
+pub struct NewRecord<'a> {
+    pub flags: u8,
+    pub key: &'a [u8],
+    pub value: &'a [u8],
+    pub timestamp_us: u64,
+    pub sequence: u64,
+    pub prev_segment: u32,
+    pub prev_offset: u32,
+}
+
+/// Appends the encoded record to `out` and returns its chain link and record crc.
+/// `prev_link` is the chain link of the namespace's previous record.
+pub fn encode(
+    record: &NewRecord<'_>,
+    prev_link: &[u8; LINK_BYTES],
+    out: &mut Vec<u8>,
+) -> ([u8; LINK_BYTES], u32) {
+    debug_assert!(record.key.len() <= KEY_BYTES_MAX);
+    debug_assert!(record.value.len() <= VALUE_BYTES_MAX);
+    let start = out.len();
+    out.extend_from_slice(&MAGIC);
+    out.push(VERSION);
+    out.push(record.flags);
+    out.push(record.key.len() as u8);
+    out.push(0);
+    out.extend_from_slice(&(record.value.len() as u32).to_le_bytes());
+    out.extend_from_slice(&record.timestamp_us.to_le_bytes());
+    out.extend_from_slice(&record.sequence.to_le_bytes());
+    out.extend_from_slice(&record.prev_segment.to_le_bytes());
+    out.extend_from_slice(&record.prev_offset.to_le_bytes());
+    let mut chain = blake3::Hasher::new();
+    chain.update(prev_link);
+    chain.update(&out[start..start + 36]);
+    chain.update(record.key);
+    chain.update(record.value);
+    let link: [u8; LINK_BYTES] = *chain.finalize().as_bytes();
+    out.extend_from_slice(&link);
+    out.extend_from_slice(&[0u8; 4]);
+    let header_crc = crc32fast::hash(&out[start..start + 72]);
+    let mut hasher = crc32fast::Hasher::new();
+    hasher.update(&out[start..start + 72]);
+    hasher.update(record.key);
+    hasher.update(record.value);
+    let record_crc = hasher.finalize();
+    out.extend_from_slice(&header_crc.to_le_bytes());
+    out.extend_from_slice(&record_crc.to_le_bytes());
+    out.extend_from_slice(record.key);
+    out.extend_from_slice(record.value);
+    (link, record_crc)
+}
+
+fn u32_at(bytes: &[u8], at: usize) -> u32 {
+    let mut word = [0u8; 4];
+    word.copy_from_slice(&bytes[at..at + 4]);
+    u32::from_le_bytes(word)
+}
+
+fn u64_at(bytes: &[u8], at: usize) -> u64 {
+    let mut word = [0u8; 8];
+    word.copy_from_slice(&bytes[at..at + 8]);
+    u64::from_le_bytes(word)
+}
+
+/// Decodes and checks a header (magic, version, header crc, length bounds). The key and
+/// value are not checked here: see [`verify`].
+pub fn decode_header(bytes: &[u8]) -> Result<Header, RecordError> {
+    if bytes.len() < HEADER_BYTES {
+        return Err(RecordError::Truncated {
+            needed: HEADER_BYTES,
+            available: bytes.len(),
+        });
+    }
+    let magic = [bytes[0], bytes[1], bytes[2], bytes[3]];
+    if magic != MAGIC {
+        return Err(RecordError::BadMagic { found: magic });
+    }
+    if bytes[4] != VERSION {
+        return Err(RecordError::Version(bytes[4]));
+    }
+    let stored = u32_at(bytes, 72);
+    let computed = crc32fast::hash(&bytes[..72]);
+    if stored != computed {
+        return Err(RecordError::HeaderChecksum { stored, computed });
+    }
+    let key_len = bytes[6];
+    let value_len = u32_at(bytes, 8);
+    if value_len as usize > VALUE_BYTES_MAX {
+        return Err(RecordError::Length {
+            key_len: key_len as usize,
+            value_len: value_len as usize,
+        });
+    }
+    let mut link = [0u8; LINK_BYTES];
+    link.copy_from_slice(&bytes[36..68]);
+    Ok(Header {
+        flags: bytes[5],
+        key_len,
+        value_len,
+        timestamp_us: u64_at(bytes, 12),
+        sequence: u64_at(bytes, 20),
+        prev_segment: u32_at(bytes, 28),
+        prev_offset: u32_at(bytes, 32),
+        link,
+        record_crc: u32_at(bytes, 76),
+    })
+}
+
+/// Checks a whole record (`bytes` starts at its header and holds at least all of it) and
+/// returns its header; `bytes[HEADER_BYTES..record_bytes]` are then the key and value.
+pub fn verify(bytes: &[u8]) -> Result<Header, RecordError> {
+    let header = decode_header(bytes)?;
+    let total = header.record_bytes();
+    if bytes.len() < total {
+        return Err(RecordError::Truncated {
+            needed: total,
+            available: bytes.len(),
+        });
+    }
+    let mut hasher = crc32fast::Hasher::new();
+    hasher.update(&bytes[..72]);
+    hasher.update(&bytes[HEADER_BYTES..total]);
+    let computed = hasher.finalize();
+    if computed != header.record_crc {
+        return Err(RecordError::RecordChecksum {
+            stored: header.record_crc,
+            computed,
+        });
+    }
+    Ok(header)
+}
+
+/// Recomputes the chain link of a verified record from the previous link.
+pub fn chain_link(
+    prev_link: &[u8; LINK_BYTES],
+    record: &[u8],
+    header: &Header,
+) -> [u8; LINK_BYTES] {
+    let mut chain = blake3::Hasher::new();
+    chain.update(prev_link);
+    chain.update(&record[..36]);
+    chain.update(&record[HEADER_BYTES..header.record_bytes()]);
+    *chain.finalize().as_bytes()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn sample(key: &[u8], value: &[u8]) -> Vec<u8> {
+        let mut out = Vec::new();
+        encode(
+            &NewRecord {
+                flags: 0,
+                key,
+                value,
+                timestamp_us: 1_700_000_000_000_000,
+                sequence: 42,
+                prev_segment: 3,
+                prev_offset: 4096,
+            },
+            &[9u8; LINK_BYTES],
+            &mut out,
+        );
+        out
+    }
+
+    #[test]
+    fn layout_is_as_documented() {
+        let bytes = sample(b"key", b"value");
+        assert_eq!(bytes.len(), HEADER_BYTES + 3 + 5);
+        assert_eq!(&bytes[0..4], b"ZDBR");
+        assert_eq!(bytes[4], 1);
+        assert_eq!(bytes[6], 3);
+        assert_eq!(u32_at(&bytes, 8), 5);
+        assert_eq!(u64_at(&bytes, 20), 42);
+        assert_eq!(&bytes[80..83], b"key");
+        assert_eq!(&bytes[83..], b"value");
+    }
+
+    #[test]
+    fn chain_link_recomputes() {
+        let bytes = sample(b"k", b"v");
+        let header = verify(&bytes).unwrap();
+        assert_eq!(chain_link(&[9u8; LINK_BYTES], &bytes, &header), header.link);
+    }
+
+    proptest! {
+        #[test]
+        fn roundtrip(key in proptest::collection::vec(any::<u8>(), 0..=255),
+                     value in proptest::collection::vec(any::<u8>(), 0..2000)) {
+            let bytes = sample(&key, &value);
+            let header = verify(&bytes).unwrap();
+            prop_assert_eq!(header.key_len as usize, key.len());
+            prop_assert_eq!(header.value_len as usize, value.len());
+            prop_assert_eq!(&bytes[HEADER_BYTES..HEADER_BYTES + key.len()], &key[..]);
+            prop_assert_eq!(&bytes[HEADER_BYTES + key.len()..], &value[..]);
+        }
+
+        #[test]
+        fn any_flipped_byte_is_caught(value in proptest::collection::vec(any::<u8>(), 1..500),
+                                      position in any::<proptest::sample::Index>(),
+                                      bit in 0u8..8) {
+            let mut bytes = sample(b"some-key", &value);
+            let at = position.index(bytes.len());
+            bytes[at] ^= 1 << bit;
+            prop_assert!(verify(&bytes).is_err());
+        }
+
+        #[test]
+        fn truncation_is_reported(value in proptest::collection::vec(any::<u8>(), 1..500),
+                                  cut in any::<proptest::sample::Index>()) {
+            let bytes = sample(b"k", &value);
+            let keep = cut.index(bytes.len());
+            let is_truncated = matches!(verify(&bytes[..keep]), Err(RecordError::Truncated { .. }));
+            prop_assert!(is_truncated);
+        }
+    }
+}

@@ -1,0 +1,597 @@
+//! The 0-db dialect: each command checks its arguments and the session's rights, calls the
+//! engine, and encodes the reply as 0-db gives it. Every command is listed, with its replies,
+//! in `dataplane/docs/commands.md`.
+
+use std::sync::Arc;
+use std::time::{Instant, SystemTime, UNIX_EPOCH};
+
+use sha1::{Digest, Sha1};
+
+use super::frame::reply;
+use crate::engine::{Engine, EngineError, Mode, Namespace, SetOutcome, DEFAULT_NAMESPACE};
+
+/// A change NSSET makes to a namespace's settings.
+type SettingsChange = Box<dyn FnOnce(&mut crate::engine::Settings)>;
+
+/// Keys a SCAN or RSCAN reply carries at most.
+pub const SCAN_ITEMS_MAX: usize = 128;
+
+/// What the server knows that every session shares.
+#[derive(Debug)]
+pub struct ServerState {
+    pub engine: Arc<Engine>,
+    pub admin_password: Option<String>,
+    pub protect: bool,
+    pub started: Instant,
+    pub connections_max: usize,
+    pub connections: std::sync::atomic::AtomicUsize,
+    pub commands: std::sync::atomic::AtomicU64,
+    pub listen_description: String,
+}
+
+/// One client's state.
+#[derive(Debug)]
+pub struct Session {
+    pub namespace: Arc<Namespace>,
+    pub admin: bool,
+    pub can_write: bool,
+    challenge: Option<String>,
+    /// Highest write ticket of this session not yet known to be durable.
+    pub pending_ticket: u64,
+    /// Set by QUIT (or a fatal condition): close after replying.
+    pub closing: bool,
+}
+
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    if a.len() != b.len() {
+        return false;
+    }
+    a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+fn secure_hash(challenge: &str, password: &str) -> String {
+    let mut hasher = Sha1::new();
+    hasher.update(challenge.as_bytes());
+    hasher.update(b":");
+    hasher.update(password.as_bytes());
+    hex::encode(hasher.finalize())
+}
+
+impl Session {
+    pub fn new(server: &ServerState) -> Result<Self, EngineError> {
+        let namespace = server.engine.namespace(DEFAULT_NAMESPACE)?;
+        let admin = server.admin_password.is_none();
+        let mut session = Session {
+            namespace,
+            admin,
+            can_write: false,
+            challenge: None,
+            pending_ticket: 0,
+            closing: false,
+        };
+        session.can_write = session.default_write(server);
+        Ok(session)
+    }
+
+    /// Write rights on the default namespace without SELECT: everyone, except under
+    /// `--protect`, where only the admin may write.
+    fn default_write(&self, server: &ServerState) -> bool {
+        self.admin || !server.protect
+    }
+}
+
+/// An error reply.
+fn fail(out: &mut Vec<u8>, text: &str) {
+    reply::error(out, text);
+}
+
+fn engine_error(out: &mut Vec<u8>, error: &EngineError) {
+    let text = match error {
+        EngineError::KeyTooLong(_) => "Key too large".to_string(),
+        EngineError::NotFound => "Key not found".to_string(),
+        EngineError::InvalidCursor => "Invalid key format".to_string(),
+        EngineError::NamespaceNotFound => "Namespace not found".to_string(),
+        EngineError::NamespaceExists => "This namespace is not available".to_string(),
+        other => {
+            let text = other.to_string();
+            let mut chars = text.chars();
+            match chars.next() {
+                Some(first) => first.to_uppercase().collect::<String>() + chars.as_str(),
+                None => text,
+            }
+        }
+    };
+    fail(out, &text);
+}
+
+fn wrong_arity(out: &mut Vec<u8>, name: &str) {
+    fail(
+        out,
+        &format!(
+            "ERR wrong number of arguments for '{}' command",
+            name.to_ascii_lowercase()
+        ),
+    );
+}
+
+fn now() -> (u64, u32) {
+    let since = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap_or_default();
+    (since.as_secs(), since.subsec_micros())
+}
+
+fn text(bytes: &[u8]) -> String {
+    String::from_utf8_lossy(bytes).into_owned()
+}
+
+/// Runs one command. `args[0]` is the command name.
+pub fn execute(server: &ServerState, session: &mut Session, args: &[&[u8]], out: &mut Vec<u8>) {
+    server
+        .commands
+        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let Some(name) = args.first() else {
+        return;
+    };
+    let name = text(name).to_ascii_uppercase();
+    let engine = &*server.engine;
+    let argc = args.len();
+    let ns = Arc::clone(&session.namespace);
+    macro_rules! arity {
+        ($ok:expr) => {
+            if !($ok) {
+                return wrong_arity(out, &name);
+            }
+        };
+    }
+    macro_rules! need_admin {
+        () => {
+            if !session.admin {
+                return fail(out, "Permission denied");
+            }
+        };
+    }
+    macro_rules! need_write {
+        () => {
+            if !session.can_write {
+                return fail(out, "Namespace is in read-only mode");
+            }
+        };
+    }
+    macro_rules! try_engine {
+        ($e:expr) => {
+            match $e {
+                Ok(value) => value,
+                Err(error) => return engine_error(out, &error),
+            }
+        };
+    }
+    match name.as_str() {
+        "PING" => match argc {
+            1 => reply::simple(out, "PONG"),
+            2 => reply::bulk(out, args[1]),
+            _ => wrong_arity(out, &name),
+        },
+        "QUIT" => {
+            reply::ok(out);
+            session.closing = true;
+        }
+        "COMMAND" => reply::array(out, 0),
+        "TIME" => {
+            let (seconds, micros) = now();
+            reply::array(out, 2);
+            reply::bulk(out, seconds.to_string().as_bytes());
+            reply::bulk(out, micros.to_string().as_bytes());
+        }
+        "SET" => {
+            arity!(argc == 3 || argc == 4);
+            need_write!();
+            let timestamp = if argc == 4 {
+                need_admin!();
+                match text(args[3]).parse::<u32>() {
+                    Ok(value) => Some(value),
+                    Err(_) => return fail(out, "Invalid timestamp"),
+                }
+            } else {
+                None
+            };
+            match try_engine!(engine.set(&ns, args[1], args[2], timestamp)) {
+                SetOutcome::Stored { key, ticket } => {
+                    session.pending_ticket = session.pending_ticket.max(ticket);
+                    reply::bulk(out, &key);
+                }
+                SetOutcome::Unchanged => reply::nil(out),
+            }
+        }
+        "GET" => {
+            arity!(argc == 2);
+            match try_engine!(engine.get(&ns, args[1])) {
+                Some(value) => reply::bulk(out, &value),
+                None => reply::nil(out),
+            }
+        }
+        "MGET" => {
+            arity!(argc >= 2);
+            let mut values = Vec::with_capacity(argc - 1);
+            for key in &args[1..] {
+                values.push(try_engine!(engine.get(&ns, key)));
+            }
+            reply::array(out, values.len());
+            for value in values {
+                match value {
+                    Some(value) => reply::bulk(out, &value),
+                    None => reply::nil(out),
+                }
+            }
+        }
+        "DEL" => {
+            arity!(argc == 2);
+            need_write!();
+            let ticket = try_engine!(engine.delete(&ns, args[1]));
+            session.pending_ticket = session.pending_ticket.max(ticket);
+            reply::ok(out);
+        }
+        "EXISTS" => {
+            arity!(argc == 2);
+            reply::integer(out, try_engine!(engine.exists(&ns, args[1])) as i64);
+        }
+        "CHECK" => {
+            arity!(argc == 2);
+            match try_engine!(engine.check(&ns, args[1])) {
+                Some(intact) => reply::integer(out, intact as i64),
+                None => reply::nil(out),
+            }
+        }
+        "LENGTH" => {
+            arity!(argc == 2);
+            match try_engine!(engine.entry(&ns, args[1])) {
+                Some(entry) => reply::integer(out, entry.value_len as i64),
+                None => reply::nil(out),
+            }
+        }
+        "KEYTIME" => {
+            arity!(argc == 2);
+            match try_engine!(engine.entry(&ns, args[1])) {
+                Some(entry) => reply::integer(out, entry.timestamp_s as i64),
+                None => reply::nil(out),
+            }
+        }
+        "KEYCUR" => {
+            arity!(argc == 2);
+            let cursor = try_engine!(engine.key_cursor(&ns, args[1]));
+            reply::bulk(out, &cursor);
+        }
+        "SCAN" | "SCANX" | "RSCAN" => {
+            arity!(argc <= 2);
+            let cursor = args.get(1).copied();
+            let (items, last) =
+                try_engine!(engine.scan(&ns, cursor, name == "RSCAN", SCAN_ITEMS_MAX));
+            let Some(last) = last.filter(|_| !items.is_empty()) else {
+                return fail(out, "No more data");
+            };
+            reply::array(out, 2);
+            reply::bulk(out, &last);
+            reply::array(out, items.len());
+            for item in items {
+                reply::array(out, 3);
+                reply::bulk(out, &item.key);
+                reply::integer(out, item.value_len as i64);
+                reply::integer(out, item.timestamp_s as i64);
+            }
+        }
+        "HISTORY" => {
+            arity!(argc == 2 || argc == 3);
+            let item = try_engine!(engine.history(&ns, args[1], args.get(2).copied()));
+            reply::array(out, 3);
+            reply::bulk(out, item.previous.as_deref().unwrap_or(b""));
+            reply::integer(out, item.timestamp_s as i64);
+            match item.value {
+                Some(value) => reply::bulk(out, &value),
+                None => reply::nil(out),
+            }
+        }
+        "DBSIZE" => {
+            arity!(argc == 1);
+            reply::integer(out, engine.info(&ns).entries as i64);
+        }
+        "FLUSH" => {
+            arity!(argc == 1);
+            need_write!();
+            try_engine!(engine.flush_namespace(&ns));
+            reply::ok(out);
+        }
+        "INFO" => {
+            let mut text = String::new();
+            let uptime = server.started.elapsed().as_secs();
+            text.push_str("# server\n");
+            text.push_str(&format!(
+                "server_name: zdb (zero-os data plane)\nserver_version: {}\n",
+                env!("CARGO_PKG_VERSION")
+            ));
+            text.push_str(&format!(
+                "uptime_seconds: {uptime}\nlisten: {}\n",
+                server.listen_description
+            ));
+            text.push_str(&format!("io_backend: {}\n", engine.io_name()));
+            let durability = match engine.config().durability {
+                crate::engine::Durability::Sync => "sync (every reply after fdatasync)".to_string(),
+                crate::engine::Durability::Periodic(d) => {
+                    format!("periodic (fdatasync every {} ms)", d.as_millis())
+                }
+            };
+            text.push_str(&format!("durability: {durability}\n"));
+            text.push_str(&format!(
+                "datafile_bytes_max: {}\n",
+                engine.config().segment_bytes_max
+            ));
+            text.push_str(&format!(
+                "storage_failed: {}\n",
+                engine.failure().unwrap_or_else(|| "no".into())
+            ));
+            text.push_str("\n# clients\n");
+            text.push_str(&format!(
+                "clients_connected: {}\nclients_max: {}\ncommands_executed: {}\n",
+                server
+                    .connections
+                    .load(std::sync::atomic::Ordering::Relaxed),
+                server.connections_max,
+                server.commands.load(std::sync::atomic::Ordering::Relaxed)
+            ));
+            text.push_str("\n# namespaces\n");
+            let names = engine.namespace_names();
+            text.push_str(&format!("namespaces: {}\n", names.len()));
+            let mut damaged_total = 0;
+            for name in &names {
+                if let Ok(namespace) = engine.namespace(name) {
+                    let info = engine.info(&namespace);
+                    damaged_total += info.damaged;
+                    text.push_str(&format!(
+                        "namespace_{name}: entries={} data_bytes={} log_bytes={} segments={} damaged={}\n",
+                        info.entries, info.data_bytes, info.log_bytes, info.segments, info.damaged
+                    ));
+                    for damage in engine.damage(&namespace).iter().take(20) {
+                        text.push_str(&format!(
+                            "damaged_{name}: segment={} offset={} length={} key={} reason={}\n",
+                            damage.segment,
+                            damage.offset,
+                            damage.length,
+                            damage
+                                .key
+                                .as_deref()
+                                .map(hex::encode)
+                                .unwrap_or_else(|| "?".into()),
+                            damage.detail
+                        ));
+                    }
+                }
+            }
+            text.push_str(&format!("damaged_records: {damaged_total}\n"));
+            reply::bulk(out, text.as_bytes());
+        }
+        "NSNEW" => {
+            arity!(argc == 2);
+            need_admin!();
+            try_engine!(engine.create_namespace(&text(args[1])));
+            reply::ok(out);
+        }
+        "NSDEL" => {
+            arity!(argc == 2);
+            need_admin!();
+            let name_arg = text(args[1]);
+            if name_arg == DEFAULT_NAMESPACE {
+                return fail(out, "Cannot remove the default namespace");
+            }
+            if name_arg == ns.name() {
+                return fail(out, "Cannot remove namespace you're currently using");
+            }
+            try_engine!(engine.delete_namespace(&name_arg));
+            reply::ok(out);
+        }
+        "NSLIST" => {
+            let names = engine.namespace_names();
+            reply::array(out, names.len());
+            for name in names {
+                reply::bulk(out, name.as_bytes());
+            }
+        }
+        "NSINFO" => {
+            arity!(argc == 2);
+            let target = try_engine!(engine.namespace(&text(args[1])));
+            let info = engine.info(&target);
+            let yes = |b: bool| if b { "yes" } else { "no" };
+            let mut body = String::new();
+            body.push_str("# namespace\n");
+            body.push_str(&format!("name: {}\n", info.name));
+            body.push_str(&format!("entries: {}\n", info.entries));
+            body.push_str(&format!("public: {}\n", yes(info.settings.public)));
+            body.push_str(&format!(
+                "password: {}\n",
+                yes(info.settings.password.is_some())
+            ));
+            body.push_str(&format!("data_size_bytes: {}\n", info.data_bytes));
+            body.push_str(&format!(
+                "data_size_mb: {:.2}\n",
+                info.data_bytes as f64 / 1_048_576.0
+            ));
+            body.push_str(&format!("data_limits_bytes: {}\n", info.settings.maxsize));
+            body.push_str(&format!(
+                "index_size_bytes: {}\n",
+                info.index_bytes_estimate
+            ));
+            body.push_str(&format!(
+                "index_size_kb: {:.2}\n",
+                info.index_bytes_estimate as f64 / 1024.0
+            ));
+            body.push_str(&format!("mode: {}\n", info.settings.mode.name()));
+            body.push_str(&format!("worm: {}\n", yes(info.settings.worm)));
+            body.push_str(&format!("locked: {}\n", yes(info.settings.lock)));
+            body.push_str(&format!("frozen: {}\n", yes(info.settings.freeze)));
+            body.push_str(&format!("log_size_bytes: {}\n", info.log_bytes));
+            body.push_str(&format!("data_files: {}\n", info.segments));
+            body.push_str(&format!("records: {}\n", info.record_count));
+            body.push_str(&format!("damaged_records: {}\n", info.damaged));
+            body.push_str(&format!("chain_head: {}\n", hex::encode(info.chain_head)));
+            reply::bulk(out, body.as_bytes());
+        }
+        "NSSET" => {
+            arity!(argc == 4);
+            need_admin!();
+            let target = try_engine!(engine.namespace(&text(args[1])));
+            let property = text(args[2]).to_ascii_lowercase();
+            let value = text(args[3]);
+            let flag = match value.as_str() {
+                "1" | "yes" | "true" | "on" => Ok(true),
+                "0" | "no" | "false" | "off" => Ok(false),
+                _ => Err("Invalid value: expected 1 or 0"),
+            };
+            let change: Result<SettingsChange, &str> = match property.as_str() {
+                "maxsize" => match value.parse::<u64>() {
+                    Ok(bytes) => Ok(Box::new(move |s| s.maxsize = bytes)),
+                    Err(_) => Err("Invalid value: maxsize is a number of bytes"),
+                },
+                "password" if value == "*" => Ok(Box::new(|s| s.password = None)),
+                "password" => {
+                    let password = value.clone();
+                    Ok(Box::new(move |s| s.password = Some(password)))
+                }
+                "public" => flag.map(|f| {
+                    Box::new(move |s: &mut crate::engine::Settings| s.public = f) as Box<_>
+                }),
+                "worm" => flag
+                    .map(|f| Box::new(move |s: &mut crate::engine::Settings| s.worm = f) as Box<_>),
+                "lock" => flag
+                    .map(|f| Box::new(move |s: &mut crate::engine::Settings| s.lock = f) as Box<_>),
+                "freeze" => flag.map(|f| {
+                    Box::new(move |s: &mut crate::engine::Settings| s.freeze = f) as Box<_>
+                }),
+                "mode" => match value.to_ascii_lowercase().as_str() {
+                    "user" | "userkey" => Ok(Box::new(|s| s.mode = Mode::User)),
+                    "seq" | "sequential" => Ok(Box::new(|s| s.mode = Mode::Seq)),
+                    _ => Err("Invalid value: mode is user or seq"),
+                },
+                _ => Err("Invalid property"),
+            };
+            match change {
+                Ok(change) => {
+                    try_engine!(engine.update_settings(&target, |settings| {
+                        change(settings);
+                        Ok(())
+                    }));
+                    reply::ok(out);
+                }
+                Err(message) => fail(out, message),
+            }
+        }
+        "NSJUMP" => {
+            arity!(argc == 1);
+            need_admin!();
+            try_engine!(engine.jump(&ns));
+            reply::ok(out);
+        }
+        "SELECT" => {
+            arity!((2..=4).contains(&argc));
+            let target = try_engine!(engine.namespace(&text(args[1])));
+            let settings = target.settings();
+            let given: Option<Result<bool, &str>> = match argc {
+                2 => None,
+                3 => Some(Ok(settings
+                    .password
+                    .as_deref()
+                    .is_some_and(|p| constant_time_eq(p.as_bytes(), args[2])))),
+                _ => {
+                    if !text(args[2]).eq_ignore_ascii_case("SECURE") {
+                        return wrong_arity(out, &name);
+                    }
+                    match (&session.challenge, settings.password.as_deref()) {
+                        (None, _) => {
+                            Some(Err("No challenge requested (AUTH SECURE CHALLENGE first)"))
+                        }
+                        (Some(challenge), Some(password)) => {
+                            let expected = secure_hash(challenge, password);
+                            Some(Ok(constant_time_eq(
+                                expected.as_bytes(),
+                                &args[3].to_ascii_lowercase(),
+                            )))
+                        }
+                        (Some(_), None) => Some(Ok(false)),
+                    }
+                }
+            };
+            let is_default = target.name() == DEFAULT_NAMESPACE;
+            let (allowed, writable) = if session.admin && given.is_none() {
+                // An admin may enter any namespace; a password it gives is still checked.
+                (true, true)
+            } else if session.admin && matches!(given, Some(Ok(true))) {
+                (true, true)
+            } else if is_default && server.protect {
+                // Under --protect the default namespace takes the admin password to write.
+                let admin_ok = match argc {
+                    3 => server
+                        .admin_password
+                        .as_deref()
+                        .is_some_and(|p| constant_time_eq(p.as_bytes(), args[2])),
+                    _ => false,
+                };
+                (true, admin_ok)
+            } else {
+                match (settings.password.is_some(), given) {
+                    (_, Some(Err(message))) => return fail(out, message),
+                    (false, _) => (true, true),
+                    (true, Some(Ok(true))) => (true, true),
+                    (true, Some(Ok(false))) => return fail(out, "Access denied"),
+                    (true, None) if settings.public => (true, false),
+                    (true, None) => return fail(out, "Namespace protected and private"),
+                }
+            };
+            if allowed {
+                session.namespace = target;
+                session.can_write = writable;
+                reply::ok(out);
+            }
+        }
+        "AUTH" => {
+            arity!(argc == 2 || argc == 3);
+            let Some(admin_password) = server.admin_password.as_deref() else {
+                return fail(out, "Authentication disabled (no admin password set)");
+            };
+            if argc == 3 {
+                if !text(args[1]).eq_ignore_ascii_case("SECURE") {
+                    return wrong_arity(out, &name);
+                }
+                if text(args[2]).eq_ignore_ascii_case("CHALLENGE") {
+                    let nonce: [u8; 16] = rand::random();
+                    let challenge = hex::encode(nonce);
+                    reply::simple(out, &challenge);
+                    session.challenge = Some(challenge);
+                    return;
+                }
+                let Some(challenge) = session.challenge.take() else {
+                    return fail(out, "No challenge requested (AUTH SECURE CHALLENGE first)");
+                };
+                let expected = secure_hash(&challenge, admin_password);
+                if constant_time_eq(expected.as_bytes(), &args[2].to_ascii_lowercase()) {
+                    session.admin = true;
+                    session.can_write = true;
+                    return reply::ok(out);
+                }
+                return fail(out, "Access denied");
+            }
+            if constant_time_eq(admin_password.as_bytes(), args[1]) {
+                session.admin = true;
+                session.can_write = true;
+                reply::ok(out);
+            } else {
+                fail(out, "Access denied");
+            }
+        }
+        "STOP" => {
+            need_admin!();
+            reply::ok(out);
+            session.closing = true;
+        }
+        _ => fail(
+            out,
+            &format!("Command not supported: {}", name.to_ascii_lowercase()),
+        ),
+    }
+}

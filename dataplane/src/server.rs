@@ -1,0 +1,225 @@
+//! `server`: accepts clients on TCP and a unix socket, bounds how many there are, and runs
+//! each connection: read what the client sent, execute every complete command in it (a
+//! pipelined batch at once), wait for durability when the policy asks, write all replies.
+
+use std::path::PathBuf;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+
+use bytes::{Buf, BytesMut};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::net::{TcpListener, UnixListener};
+use tokio::sync::Semaphore;
+
+use crate::engine::Durability;
+use crate::resp::commands::{self, ServerState, Session};
+use crate::resp::frame::{self, reply};
+
+/// Default limit on connected clients.
+pub const CONNECTIONS_MAX_DEFAULT: usize = 1024;
+/// Bytes read from a socket at once.
+const READ_CHUNK_BYTES: usize = 64 * 1024;
+/// Replies are written out once this many bytes are waiting, even mid-batch.
+const REPLY_FLUSH_BYTES: usize = 1024 * 1024;
+
+/// Where the server listens.
+#[derive(Debug, Clone)]
+pub struct ListenConfig {
+    pub tcp: Option<String>,
+    pub unix: Option<PathBuf>,
+    pub connections_max: usize,
+}
+
+/// Runs the server until `shutdown` resolves, then closes the listeners and returns; the
+/// caller then shuts the engine down (which flushes and syncs).
+pub async fn serve(
+    state: Arc<ServerState>,
+    listen: ListenConfig,
+    shutdown: impl std::future::Future<Output = ()>,
+) -> anyhow::Result<()> {
+    let limit = Arc::new(Semaphore::new(listen.connections_max));
+    let tcp = match &listen.tcp {
+        Some(address) => Some(
+            TcpListener::bind(address)
+                .await
+                .map_err(|e| anyhow::anyhow!("cannot listen on {address}: {e}"))?,
+        ),
+        None => None,
+    };
+    let unix = match &listen.unix {
+        Some(path) => {
+            if path.exists() {
+                // A socket file left by a previous run: only remove it if nobody answers on it.
+                if std::os::unix::net::UnixStream::connect(path).is_ok() {
+                    anyhow::bail!("unix socket {} is in use by another server", path.display());
+                }
+                std::fs::remove_file(path).map_err(|e| {
+                    anyhow::anyhow!("cannot remove stale socket {}: {e}", path.display())
+                })?;
+            }
+            Some(
+                UnixListener::bind(path)
+                    .map_err(|e| anyhow::anyhow!("cannot listen on {}: {e}", path.display()))?,
+            )
+        }
+        None => None,
+    };
+    if let Some(listener) = &tcp {
+        tracing::info!(address = %listener.local_addr()?, "listening on TCP");
+    }
+    if let Some(path) = &listen.unix {
+        tracing::info!(path = %path.display(), "listening on unix socket");
+    }
+    tokio::pin!(shutdown);
+    loop {
+        tokio::select! {
+            _ = &mut shutdown => break,
+            accepted = accept_tcp(&tcp) => match accepted {
+                Ok(stream) => {
+                    let _ = stream.set_nodelay(true);
+                    spawn_connection(Arc::clone(&state), Arc::clone(&limit), stream);
+                }
+                Err(error) => tracing::warn!(%error, "accept failed"),
+            },
+            accepted = accept_unix(&unix) => match accepted {
+                Ok(stream) => spawn_connection(Arc::clone(&state), Arc::clone(&limit), stream),
+                Err(error) => tracing::warn!(%error, "accept failed"),
+            },
+        }
+    }
+    if let Some(path) = &listen.unix {
+        let _ = std::fs::remove_file(path);
+    }
+    Ok(())
+}
+
+async fn accept_tcp(listener: &Option<TcpListener>) -> std::io::Result<tokio::net::TcpStream> {
+    match listener {
+        Some(listener) => listener.accept().await.map(|(stream, _)| stream),
+        None => std::future::pending().await,
+    }
+}
+
+async fn accept_unix(listener: &Option<UnixListener>) -> std::io::Result<tokio::net::UnixStream> {
+    match listener {
+        Some(listener) => listener.accept().await.map(|(stream, _)| stream),
+        None => std::future::pending().await,
+    }
+}
+
+fn spawn_connection<S>(state: Arc<ServerState>, limit: Arc<Semaphore>, mut stream: S)
+where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    tokio::spawn(async move {
+        let Ok(permit) = limit.try_acquire_owned() else {
+            let mut out = Vec::new();
+            reply::error(&mut out, "ERR max number of clients reached");
+            let _ = stream.write_all(&out).await;
+            return;
+        };
+        state.connections.fetch_add(1, Ordering::Relaxed);
+        if let Err(error) = run_connection(&state, &mut stream).await {
+            tracing::debug!(%error, "connection ended");
+        }
+        state.connections.fetch_sub(1, Ordering::Relaxed);
+        drop(permit);
+    });
+}
+
+/// One client, until it leaves or breaks the protocol.
+async fn run_connection<S>(state: &ServerState, stream: &mut S) -> std::io::Result<()>
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
+    let mut session = match Session::new(state) {
+        Ok(session) => session,
+        Err(error) => {
+            let mut out = Vec::new();
+            reply::error(&mut out, &format!("ERR {error}"));
+            stream.write_all(&out).await?;
+            return Ok(());
+        }
+    };
+    let wait_durable = state.engine.config().durability == Durability::Sync;
+    let mut input = BytesMut::with_capacity(READ_CHUNK_BYTES);
+    let mut out: Vec<u8> = Vec::with_capacity(READ_CHUNK_BYTES);
+    let mut ranges = Vec::new();
+    let mut inline = Vec::new();
+    loop {
+        if input.capacity() - input.len() < READ_CHUNK_BYTES / 4 {
+            input.reserve(READ_CHUNK_BYTES);
+        }
+        let read = stream.read_buf(&mut input).await?;
+        if read == 0 {
+            return Ok(());
+        }
+        let mut wrote = false;
+        loop {
+            match frame::parse_command(&input, &mut ranges, &mut inline) {
+                Ok(Some((consumed, is_inline))) => {
+                    {
+                        let source: &[u8] = if is_inline { &inline } else { &input };
+                        let args: Vec<&[u8]> = ranges.iter().map(|r| &source[r.clone()]).collect();
+                        if !args.is_empty() {
+                            let before = session.pending_ticket;
+                            commands::execute(state, &mut session, &args, &mut out);
+                            wrote |= session.pending_ticket != before;
+                        }
+                    }
+                    input.advance(consumed);
+                    if session.closing {
+                        break;
+                    }
+                    if out.len() >= REPLY_FLUSH_BYTES {
+                        flush_replies(state, &mut session, stream, &mut out, wait_durable && wrote)
+                            .await?;
+                        wrote = false;
+                    }
+                }
+                Ok(None) => break,
+                Err(error) => {
+                    flush_replies(state, &mut session, stream, &mut out, wait_durable && wrote)
+                        .await?;
+                    let mut error_reply = Vec::new();
+                    reply::error(&mut error_reply, &format!("ERR {error}"));
+                    stream.write_all(&error_reply).await?;
+                    return Ok(());
+                }
+            }
+        }
+        flush_replies(state, &mut session, stream, &mut out, wait_durable && wrote).await?;
+        if wrote {
+            state.engine.wait_for_room(&session.namespace).await;
+        }
+        if session.closing {
+            return Ok(());
+        }
+    }
+}
+
+/// Writes the replies gathered so far, first waiting until this session's writes are durable
+/// when the policy is `--sync`. If they cannot be made durable the connection is closed
+/// without acknowledging them.
+async fn flush_replies<S>(
+    state: &ServerState,
+    session: &mut Session,
+    stream: &mut S,
+    out: &mut Vec<u8>,
+    wait_durable: bool,
+) -> std::io::Result<()>
+where
+    S: AsyncWrite + Unpin,
+{
+    if wait_durable {
+        if let Err(error) = state.engine.wait_durable(session.pending_ticket).await {
+            tracing::error!(%error, "writes could not be made durable: closing the connection unacknowledged");
+            return Err(std::io::Error::other(error.to_string()));
+        }
+    }
+    if !out.is_empty() {
+        stream.write_all(out).await?;
+        out.clear();
+    }
+    Ok(())
+}
