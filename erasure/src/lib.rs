@@ -9,7 +9,11 @@
 //! Why each dependency is here is said beside it in `Cargo.toml`.
 
 pub mod codec;
+pub mod config;
+pub mod meta;
+pub mod queue;
 pub mod store;
 mod zdb;
+pub mod zstor;
 
 pub use store::{open_store, ChunkStore, StoreError};

@@ -13,10 +13,13 @@ pub fn open_zdb_store(url: ZdbUrl) -> Result<Arc<dyn ChunkStore>, StoreError> {
     })
 }
 
-/// Opens a `zstor://` store.
+/// Opens a `zstor://` store from a config file.
 pub fn open_zstor_store(target: &Path) -> Result<Arc<dyn ChunkStore>, StoreError> {
-    Err(StoreError::Unsupported {
-        store: format!("zstor://{}", target.display()),
-        operation: "zstor backend (being built)",
-    })
+    let invalid = |reason: String| StoreError::InvalidUrl {
+        url: format!("zstor://{}", target.display()),
+        reason,
+    };
+    let config = crate::config::Config::load(target).map_err(|e| invalid(e.to_string()))?;
+    let zstor = crate::zstor::Zstor::open(config).map_err(|e| invalid(e.to_string()))?;
+    Ok(Arc::new(zstor))
 }

@@ -1,0 +1,397 @@
+//! zstor over six local folder backends with seeded fault injection: every failure the issue
+//! lists, checked against the bytes that went in. (The same scenarios over real zdb
+//! processes are in `zstor_zdb.rs`.)
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::sync::Arc;
+
+use erasure::config::{backend_address, BackendConfig, Config};
+use erasure::store::{ChunkStore, DirStore, FaultPlan, FaultyStore};
+use erasure::zstor::{Backend, Zstor, ZstorError};
+use proptest::prelude::*;
+use rand::{Rng, SeedableRng};
+
+const CHUNK_BYTES: usize = 4096;
+
+struct Cluster {
+    folder: tempfile::TempDir,
+    config: Config,
+    faults: Vec<FaultyStore>,
+}
+
+impl Cluster {
+    fn new(seed: u64) -> Self {
+        let folder = tempfile::tempdir().unwrap();
+        let backends = (0..6)
+            .map(|index| BackendConfig {
+                url: format!("dir://{}/backend{index}", folder.path().display()),
+                group: None,
+            })
+            .collect();
+        let mut config = Config::generate(4, 2, backends).unwrap();
+        config.chunk_size = CHUNK_BYTES;
+        config.state_dir = Some(folder.path().join("state"));
+        let faults = config
+            .backends
+            .iter()
+            .enumerate()
+            .map(|(index, backend)| {
+                let path = backend.url.trim_start_matches("dir://");
+                FaultyStore::new(Arc::new(DirStore::new(path)), seed ^ index as u64)
+            })
+            .collect();
+        Cluster {
+            folder,
+            config,
+            faults,
+        }
+    }
+
+    fn zstor(&self) -> Zstor {
+        let backends = self
+            .config
+            .backends
+            .iter()
+            .zip(&self.faults)
+            .map(|(backend, fault)| Backend {
+                address: backend_address(&backend.url),
+                group: backend.group.clone(),
+                store: Arc::new(fault.clone()) as Arc<dyn ChunkStore>,
+            })
+            .collect();
+        Zstor::with_backends(self.config.clone(), backends).unwrap()
+    }
+
+    fn plan(&self, index: usize, plan: FaultPlan) {
+        self.faults[index].set_plan(plan);
+    }
+
+    fn heal(&self) {
+        for fault in &self.faults {
+            fault.set_plan(FaultPlan::default());
+        }
+    }
+}
+
+fn down() -> FaultPlan {
+    FaultPlan {
+        down: true,
+        ..FaultPlan::default()
+    }
+}
+
+fn corrupt() -> FaultPlan {
+    FaultPlan {
+        corrupt_reads: true,
+        ..FaultPlan::default()
+    }
+}
+
+fn random_bytes(seed: u64, length: usize) -> Vec<u8> {
+    let mut random = rand::rngs::StdRng::seed_from_u64(seed);
+    (0..length).map(|_| random.gen()).collect()
+}
+
+fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap()
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 12, .. ProptestConfig::default() })]
+    /// Any object round-trips, for sizes around chunk boundaries and random ones.
+    #[test]
+    fn objects_round_trip(
+        size in prop_oneof![
+            Just(0usize), Just(1), Just(CHUNK_BYTES - 1), Just(CHUNK_BYTES), Just(CHUNK_BYTES + 1),
+            Just(CHUNK_BYTES * 9 + 17), 0usize..CHUNK_BYTES * 5,
+        ],
+        seed in any::<u64>(),
+    ) {
+        let cluster = Cluster::new(seed);
+        let zstor = cluster.zstor();
+        let data = random_bytes(seed, size);
+        runtime().block_on(async {
+            let report = zstor.put_bytes(b"object", &data).await.unwrap();
+            assert_eq!(report.size, size as u64);
+            assert_eq!(report.degraded_chunks, 0);
+            assert_eq!(zstor.get_bytes(b"object").await.unwrap(), data, "seed {seed}");
+        });
+    }
+}
+
+#[test]
+fn reads_survive_any_two_backends_down_or_corrupt() {
+    let cluster = Cluster::new(1);
+    let zstor = cluster.zstor();
+    let data = random_bytes(1, CHUNK_BYTES * 12 + 5);
+    runtime().block_on(async {
+        zstor.put_bytes(b"doc", &data).await.unwrap();
+        for first in 0..6 {
+            for second in first + 1..6 {
+                cluster.heal();
+                cluster.plan(first, down());
+                cluster.plan(second, if second % 2 == 0 { corrupt() } else { down() });
+                let back = zstor.get_bytes(b"doc").await;
+                assert_eq!(back.unwrap(), data, "backends {first} and {second} failing");
+            }
+        }
+        cluster.heal();
+        assert!(
+            !zstor.repair_queue().load().unwrap().is_empty(),
+            "corrupt shards were not queued for repair"
+        );
+    });
+}
+
+#[test]
+fn three_backends_down_fails_naming_them_and_writes_are_refused() {
+    let cluster = Cluster::new(2);
+    let zstor = cluster.zstor();
+    let data = random_bytes(2, CHUNK_BYTES * 3);
+    runtime().block_on(async {
+        zstor.put_bytes(b"doc", &data).await.unwrap();
+        for index in [0, 2, 4] {
+            cluster.plan(index, down());
+        }
+        let error = zstor.get_bytes(b"doc").await.unwrap_err();
+        let message = error.to_string();
+        assert!(matches!(error, ZstorError::ReadFailed { .. }), "{message}");
+        assert!(
+            message.contains("backend0") && message.contains("backend2"),
+            "{message}"
+        );
+        let error = zstor.put_bytes(b"new", &data).await.unwrap_err();
+        assert!(
+            matches!(
+                error,
+                ZstorError::WriteFailed { .. } | ZstorError::MetadataUnavailable { .. }
+            ),
+            "{error}"
+        );
+        assert!(error.to_string().contains("backend4"), "{error}");
+        cluster.heal();
+        assert!(matches!(
+            zstor.get_bytes(b"new").await,
+            Err(ZstorError::NotFound(_))
+        ));
+        assert_eq!(zstor.get_bytes(b"doc").await.unwrap(), data);
+    });
+}
+
+#[test]
+fn one_down_during_write_is_queued_and_repaired() {
+    let cluster = Cluster::new(3);
+    let zstor = cluster.zstor();
+    let data = random_bytes(3, CHUNK_BYTES * 7 + 100);
+    runtime().block_on(async {
+        cluster.plan(5, down());
+        let report = zstor.put_bytes(b"doc", &data).await.unwrap();
+        // Six shards on six backends: every chunk lost its shard on backend5.
+        assert_eq!(report.degraded_chunks, 8, "{report:?}");
+        assert!(report
+            .failed_backends
+            .iter()
+            .any(|failure| failure.contains("backend5")));
+        assert_eq!(zstor.repair_queue().load().unwrap(), vec![b"doc".to_vec()]);
+        cluster.heal();
+        let checks = zstor.check(Some(b"doc"), &|_| {}).await.unwrap();
+        assert!(!checks[0].healthy());
+        assert!(checks[0]
+            .metadata_missing_on
+            .iter()
+            .any(|backend| backend.contains("backend5")));
+        let repairs = zstor.repair(None, &|_| {}).await.unwrap();
+        assert_eq!(repairs.len(), 1);
+        assert!(repairs[0].failures.is_empty(), "{repairs:?}");
+        assert!(repairs[0].shards_rebuilt > 0);
+        assert!(zstor.repair_queue().load().unwrap().is_empty());
+        let checks = zstor.check(None, &|_| {}).await.unwrap();
+        assert!(checks[0].healthy(), "{checks:?}");
+        // Full redundancy again: any two others may now fail.
+        cluster.plan(0, down());
+        cluster.plan(1, down());
+        assert_eq!(zstor.get_bytes(b"doc").await.unwrap(), data);
+    });
+}
+
+#[test]
+fn two_down_during_write_fails_cleanly_and_keeps_the_old_version() {
+    let cluster = Cluster::new(4);
+    let zstor = cluster.zstor();
+    let old = random_bytes(4, CHUNK_BYTES * 2);
+    let new = random_bytes(5, CHUNK_BYTES * 3);
+    runtime().block_on(async {
+        zstor.put_bytes(b"doc", &old).await.unwrap();
+        cluster.plan(1, down());
+        cluster.plan(3, down());
+        let error = zstor.put_bytes(b"doc", &new).await.unwrap_err().to_string();
+        assert!(
+            error.contains("backend1") && error.contains("backend3"),
+            "{error}"
+        );
+        cluster.heal();
+        assert_eq!(zstor.get_bytes(b"doc").await.unwrap(), old);
+    });
+}
+
+#[test]
+fn a_replaced_backend_is_refilled_by_repair() {
+    let mut cluster = Cluster::new(6);
+    let data = random_bytes(6, CHUNK_BYTES * 6 + 1);
+    runtime().block_on(async {
+        cluster.zstor().put_bytes(b"doc", &data).await.unwrap();
+        cluster.zstor().put_bytes(b"small", b"tiny").await.unwrap();
+        // backend2 dies for good; the operator points the config at a new, empty one.
+        let replacement = cluster.folder.path().join("replacement");
+        cluster.config.backends[2].url = format!("dir://{}", replacement.display());
+        cluster.faults[2] = FaultyStore::new(Arc::new(DirStore::new(&replacement)), 99);
+        let zstor = cluster.zstor();
+        let checks = zstor.check(None, &|_| {}).await.unwrap();
+        assert!(checks.iter().all(|check| check
+            .problems
+            .iter()
+            .all(|problem| problem.problem == "removed")));
+        assert!(checks.iter().any(|check| !check.problems.is_empty()));
+        let repairs = zstor.repair(None, &|_| {}).await.unwrap();
+        assert!(
+            repairs.iter().all(|repair| repair.failures.is_empty()),
+            "{repairs:?}"
+        );
+        let checks = zstor.check(None, &|_| {}).await.unwrap();
+        assert!(checks.iter().all(|check| check.healthy()), "{checks:?}");
+        cluster.plan(0, down());
+        cluster.plan(4, down());
+        assert_eq!(zstor.get_bytes(b"doc").await.unwrap(), data);
+        assert_eq!(zstor.get_bytes(b"small").await.unwrap(), b"tiny");
+    });
+}
+
+#[test]
+fn wrong_key_forged_shards_and_dangling_metadata_give_clear_errors() {
+    let cluster = Cluster::new(7);
+    let zstor = cluster.zstor();
+    let data = random_bytes(7, CHUNK_BYTES * 2);
+    runtime().block_on(async {
+        zstor.put_bytes(b"doc", &data).await.unwrap();
+
+        // A different key cannot read the metadata.
+        let mut other = cluster.config.clone();
+        other.encryption_key = hex::encode([0x55u8; 32]);
+        let stranger = Zstor::open(other).unwrap();
+        let error = stranger.get_bytes(b"doc").await.unwrap_err();
+        assert!(
+            matches!(error, ZstorError::MetadataUnavailable { .. }),
+            "{error}"
+        );
+        assert!(error.to_string().contains("decrypt"), "{error}");
+
+        // Every shard file on two backends is overwritten with a forged frame.
+        for index in [1, 4] {
+            let root = cluster.folder.path().join(format!("backend{index}"));
+            for folder in std::fs::read_dir(&root).unwrap() {
+                for file in std::fs::read_dir(folder.unwrap().path()).unwrap() {
+                    let path = file.unwrap().path();
+                    let name = path.file_name().unwrap().to_string_lossy().into_owned();
+                    if name.starts_with(&hex::encode(b"zs:s:")) {
+                        let mut bytes = std::fs::read(&path).unwrap();
+                        let last = bytes.len() - 1;
+                        bytes[last] ^= 1;
+                        bytes.truncate(bytes.len() - 7);
+                        std::fs::write(&path, &bytes).unwrap();
+                    }
+                }
+            }
+        }
+        assert_eq!(zstor.get_bytes(b"doc").await.unwrap(), data);
+        let checks = zstor.check(Some(b"doc"), &|_| {}).await.unwrap();
+        assert!(checks[0]
+            .problems
+            .iter()
+            .all(|problem| problem.problem == "corrupt"));
+        assert_eq!(checks[0].problems.len(), 4);
+        zstor.repair(Some(b"doc"), &|_| {}).await.unwrap();
+        assert!(zstor.check(Some(b"doc"), &|_| {}).await.unwrap()[0].healthy());
+
+        // Metadata whose pages are gone everywhere: a clear error, no panic.
+        for index in 0..6 {
+            let root = cluster.folder.path().join(format!("backend{index}"));
+            for folder in std::fs::read_dir(&root).unwrap() {
+                for file in std::fs::read_dir(folder.unwrap().path()).unwrap() {
+                    let path = file.unwrap().path();
+                    if path
+                        .file_name()
+                        .unwrap()
+                        .to_string_lossy()
+                        .starts_with(&hex::encode(b"zs:p:"))
+                    {
+                        std::fs::remove_file(path).unwrap();
+                    }
+                }
+            }
+        }
+        let error = zstor.get_bytes(b"doc").await.unwrap_err();
+        assert!(
+            matches!(error, ZstorError::MetadataUnavailable { .. }),
+            "{error}"
+        );
+        assert!(error.to_string().contains("page 0 missing"), "{error}");
+    });
+}
+
+#[test]
+fn list_overwrite_and_delete() {
+    let cluster = Cluster::new(8);
+    let zstor = cluster.zstor();
+    runtime().block_on(async {
+        zstor.put_bytes(b"a", b"first").await.unwrap();
+        zstor
+            .put_bytes(b"b", &random_bytes(8, CHUNK_BYTES * 2))
+            .await
+            .unwrap();
+        zstor.put_bytes(b"a", b"second").await.unwrap();
+        assert_eq!(zstor.get_bytes(b"a").await.unwrap(), b"second");
+        let names: Vec<String> = zstor
+            .list()
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|object| object.name)
+            .collect();
+        assert_eq!(names, vec!["a", "b"]);
+        // A backend down during the delete must not bring the object back later.
+        cluster.plan(0, down());
+        zstor.delete(b"b").await.unwrap();
+        cluster.heal();
+        assert!(matches!(
+            zstor.get_bytes(b"b").await,
+            Err(ZstorError::NotFound(_))
+        ));
+        let names: Vec<String> = zstor
+            .list()
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|object| object.name)
+            .collect();
+        assert_eq!(names, vec!["a"]);
+        assert!(matches!(
+            zstor.delete(b"b").await,
+            Err(ZstorError::NotFound(_))
+        ));
+        // The overwritten version's shards are gone.
+        let usage: u64 = futures_usage(&cluster).await;
+        assert!(usage < 6 * 12, "old shards left behind: {usage} entries");
+    });
+}
+
+async fn futures_usage(cluster: &Cluster) -> u64 {
+    let mut total = 0;
+    for fault in &cluster.faults {
+        total += fault.usage().await.unwrap().entries.unwrap();
+    }
+    total
+}
