@@ -1,4 +1,25 @@
-//! vmm-glue: vhost-user devices (virtio-fs over the flist fs core, virtio-blk over volumes)
-//! and the glue that starts VMs with them.
+//! vmm-glue: vhost-user devices for VMs. Today: virtio-blk over volumes.
 //!
-//! This crate is being built; see the vmm issues.
+//! Layers, lowest first:
+//! - [`sys`]: the only raw kernel calls (io_uring, flock, signal masks).
+//! - [`crypto`]: AES-256-XTS over 512-byte sectors, key files and the key check.
+//! - [`volume`]: volumes on disk: a raw sparse data file plus a small metadata file
+//!   (`docs/design.md`), create / open / list / resize / remove, the in-use lock.
+//! - [`blk`]: the vhost-user-blk device: [`blk::request`] decodes untrusted descriptor
+//!   chains, [`blk::backend`] turns requests into io_uring operations on the volume,
+//!   [`blk::serve`] keeps the socket bound and serves one VMM after another.
+//!
+//! Data flow of a guest write: the guest's virtqueue kick wakes the queue's worker thread;
+//! it pops the chain, validates it, encrypts a copy when the volume is encrypted, and queues
+//! a writev on the queue's io_uring; the ring's eventfd wakes the same thread, which writes
+//! the status byte, fills the used ring and notifies the guest.
+//!
+//! Dependencies: rust-vmm's `vhost`, `vhost-user-backend`, `virtio-queue`, `vm-memory` and
+//! `vmm-sys-util` (the vhost-user protocol, virtqueues, guest memory, eventfds);
+//! `io-uring` (volume I/O); `xts-mode` + `aes` (encryption at rest); `blake3` (key check,
+//! serials); `crc32fast` (metadata checksum); `hex` (key files).
+
+pub mod blk;
+pub mod crypto;
+pub mod sys;
+pub mod volume;

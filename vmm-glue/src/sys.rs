@@ -1,0 +1,261 @@
+//! The only module that talks to the kernel with raw calls: io_uring, flock, signals.
+//!
+//! Everything above works with safe wrappers; the few operations that hand the kernel raw
+//! pointers (readv/writev into guest memory or bounce buffers) are `unsafe fn`s whose
+//! contract the caller states at the call site.
+
+use std::fs::File;
+use std::io;
+use std::os::fd::{AsRawFd, RawFd};
+
+use io_uring::{opcode, types, IoUring};
+use vmm_sys_util::eventfd::EventFd;
+
+/// `fallocate` mode: deallocate the range (reads give zeros), keep the file size.
+pub const FALLOCATE_PUNCH_HOLE: i32 = libc::FALLOC_FL_PUNCH_HOLE | libc::FALLOC_FL_KEEP_SIZE;
+/// `fallocate` mode: zero the range, keep the file size.
+pub const FALLOCATE_ZERO_RANGE: i32 = libc::FALLOC_FL_ZERO_RANGE | libc::FALLOC_FL_KEEP_SIZE;
+
+/// An array of `iovec`s handed to the kernel. The pointers inside point into guest memory or
+/// into bounce buffers that the owning request keeps alive until the kernel completes it.
+#[derive(Debug, Default)]
+pub struct IoVecs(Vec<libc::iovec>);
+
+// SAFETY: the iovecs are plain addresses; the memory they describe is owned (and kept alive)
+// by the in-flight request that owns this array, which moves between threads as a whole.
+unsafe impl Send for IoVecs {}
+
+impl IoVecs {
+    /// An empty array with room for `capacity` entries.
+    pub fn with_capacity(capacity: usize) -> Self {
+        Self(Vec::with_capacity(capacity))
+    }
+
+    /// Appends one buffer.
+    pub fn push(&mut self, base: *mut u8, len: usize) {
+        self.0.push(libc::iovec {
+            iov_base: base.cast(),
+            iov_len: len,
+        });
+    }
+
+    /// Number of buffers.
+    pub fn len(&self) -> usize {
+        self.0.len()
+    }
+
+    /// True when there is no buffer.
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+}
+
+/// One I/O operation on a volume file.
+#[derive(Debug)]
+pub enum Operation<'a> {
+    /// Read into the buffers at `offset`.
+    Readv { iovecs: &'a IoVecs, offset: u64 },
+    /// Write the buffers at `offset`.
+    Writev { iovecs: &'a IoVecs, offset: u64 },
+    /// fdatasync.
+    Flush,
+    /// fallocate with one of the `FALLOCATE_*` modes.
+    Fallocate { offset: u64, length: u64, mode: i32 },
+}
+
+/// An io_uring whose completions also signal an eventfd, so an epoll loop can wait on it.
+pub struct Ring {
+    ring: IoUring,
+    completion_event: EventFd,
+    unsubmitted_count: usize,
+}
+
+impl std::fmt::Debug for Ring {
+    fn fmt(&self, formatter: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        formatter
+            .debug_struct("Ring")
+            .field("unsubmitted_count", &self.unsubmitted_count)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Ring {
+    /// A ring with room for `entries` submissions; its completion queue is twice that.
+    pub fn new(entries: u32) -> io::Result<Self> {
+        let ring = IoUring::new(entries)?;
+        let completion_event = EventFd::new(libc::EFD_NONBLOCK | libc::EFD_CLOEXEC)?;
+        ring.submitter()
+            .register_eventfd(completion_event.as_raw_fd())?;
+        Ok(Self {
+            ring,
+            completion_event,
+            unsubmitted_count: 0,
+        })
+    }
+
+    /// The eventfd that becomes readable when completions arrive.
+    pub fn completion_fd(&self) -> RawFd {
+        self.completion_event.as_raw_fd()
+    }
+
+    /// Queues one operation on `file`; it reaches the kernel at the next [`Ring::submit`] (or
+    /// earlier when the submission queue is full).
+    ///
+    /// # Safety
+    /// The buffers an `Operation::Readv`/`Writev` describes, and the `IoVecs` array itself,
+    /// must stay valid (and for reads, not be accessed otherwise) until the completion with
+    /// `user_data` has been returned by [`Ring::reap`] or [`Ring::wait_all`].
+    pub unsafe fn push(
+        &mut self,
+        file: &File,
+        operation: Operation<'_>,
+        user_data: u64,
+    ) -> io::Result<()> {
+        let fd = types::Fd(file.as_raw_fd());
+        let entry = match operation {
+            Operation::Readv { iovecs, offset } => {
+                opcode::Readv::new(fd, iovecs.0.as_ptr(), iovec_count(iovecs)?)
+                    .offset(offset)
+                    .build()
+            }
+            Operation::Writev { iovecs, offset } => {
+                opcode::Writev::new(fd, iovecs.0.as_ptr(), iovec_count(iovecs)?)
+                    .offset(offset)
+                    .build()
+            }
+            Operation::Flush => opcode::Fsync::new(fd)
+                .flags(types::FsyncFlags::DATASYNC)
+                .build(),
+            Operation::Fallocate {
+                offset,
+                length,
+                mode,
+            } => opcode::Fallocate::new(fd, length)
+                .offset(offset)
+                .mode(mode)
+                .build(),
+        }
+        .user_data(user_data);
+        loop {
+            // SAFETY: the caller guarantees the buffers outlive the operation (see above).
+            let pushed = unsafe { self.ring.submission().push(&entry) };
+            if pushed.is_ok() {
+                self.unsubmitted_count += 1;
+                return Ok(());
+            }
+            // The submission queue is full: hand what is queued to the kernel and retry.
+            self.submit()?;
+        }
+    }
+
+    /// Hands the queued operations to the kernel.
+    pub fn submit(&mut self) -> io::Result<()> {
+        if self.unsubmitted_count == 0 {
+            return Ok(());
+        }
+        loop {
+            match self.ring.submit() {
+                Ok(_) => {
+                    self.unsubmitted_count = 0;
+                    return Ok(());
+                }
+                Err(error) if error.raw_os_error() == Some(libc::EINTR) => continue,
+                Err(error) if error.raw_os_error() == Some(libc::EBUSY) => {
+                    // The completion queue is full: the caller reaps and submits again.
+                    return Ok(());
+                }
+                Err(error) => return Err(error),
+            }
+        }
+    }
+
+    /// Moves every available completion into `out` as `(user_data, result)`, and clears
+    /// the eventfd.
+    pub fn reap(&mut self, out: &mut Vec<(u64, i32)>) {
+        // A failed read only means the counter was already zero.
+        let _ = self.completion_event.read();
+        out.extend(
+            self.ring
+                .completion()
+                .map(|completion| (completion.user_data(), completion.result())),
+        );
+    }
+
+    /// Blocks until `count` more completions arrived and moves them into `out` (used to
+    /// drain the ring before its buffers are freed).
+    pub fn wait_all(&mut self, count: usize, out: &mut Vec<(u64, i32)>) -> io::Result<()> {
+        let target = out.len() + count;
+        while out.len() < target {
+            match self.ring.submit_and_wait(1) {
+                Ok(_) => {}
+                Err(error) if error.raw_os_error() == Some(libc::EINTR) => {}
+                Err(error) => return Err(error),
+            }
+            self.unsubmitted_count = 0;
+            self.reap(out);
+        }
+        Ok(())
+    }
+}
+
+fn iovec_count(iovecs: &IoVecs) -> io::Result<u32> {
+    u32::try_from(iovecs.0.len()).map_err(|_| io::Error::from(io::ErrorKind::InvalidInput))
+}
+
+/// Takes an exclusive advisory lock on `file` without waiting. Ok(false) when another open
+/// file description holds it. The lock goes away when the file is closed.
+pub fn try_lock_exclusive(file: &File) -> io::Result<bool> {
+    // SAFETY: flock takes a file descriptor we own for the duration of the call.
+    let result = unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
+    if result == 0 {
+        return Ok(true);
+    }
+    let error = io::Error::last_os_error();
+    if error.raw_os_error() == Some(libc::EWOULDBLOCK) {
+        Ok(false)
+    } else {
+        Err(error)
+    }
+}
+
+/// Blocks SIGINT and SIGTERM in the calling thread (and so in every thread it spawns later)
+/// so that [`wait_for_termination_signal`] can take them synchronously.
+pub fn block_termination_signals() -> io::Result<()> {
+    let set = termination_signal_set()?;
+    // SAFETY: `set` is an initialised sigset_t; a null old-set pointer is allowed.
+    let result = unsafe { libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut()) };
+    if result == 0 {
+        Ok(())
+    } else {
+        Err(io::Error::from_raw_os_error(result))
+    }
+}
+
+/// Waits for SIGINT or SIGTERM (blocked beforehand with [`block_termination_signals`]) and
+/// returns its number.
+pub fn wait_for_termination_signal() -> io::Result<i32> {
+    let set = termination_signal_set()?;
+    let mut signal: libc::c_int = 0;
+    // SAFETY: `set` is initialised and `signal` is a valid place for the result.
+    let result = unsafe { libc::sigwait(&set, &mut signal) };
+    if result == 0 {
+        Ok(signal)
+    } else {
+        Err(io::Error::from_raw_os_error(result))
+    }
+}
+
+fn termination_signal_set() -> io::Result<libc::sigset_t> {
+    let mut set = std::mem::MaybeUninit::<libc::sigset_t>::uninit();
+    // SAFETY: sigemptyset initialises the set it is given; sigaddset then adds valid signal
+    // numbers to that initialised set.
+    unsafe {
+        if libc::sigemptyset(set.as_mut_ptr()) != 0
+            || libc::sigaddset(set.as_mut_ptr(), libc::SIGINT) != 0
+            || libc::sigaddset(set.as_mut_ptr(), libc::SIGTERM) != 0
+        {
+            return Err(io::Error::last_os_error());
+        }
+        Ok(set.assume_init())
+    }
+}
