@@ -166,6 +166,13 @@ pub fn parse<M: GuestMemoryBackend + ?Sized>(
     if segments.len() > limits.descriptors_max {
         return Err(RequestError::TooManyDescriptors(limits.descriptors_max));
     }
+    // Empty descriptors carry nothing; dropping them keeps zero-length buffers at
+    // arbitrary addresses out of the data list.
+    let segments: Vec<Segment> = segments
+        .iter()
+        .filter(|segment| segment.length > 0)
+        .copied()
+        .collect();
     let first_writable = segments
         .iter()
         .position(|segment| segment.device_writable)
@@ -176,11 +183,10 @@ pub fn parse<M: GuestMemoryBackend + ?Sized>(
     {
         return Err(RequestError::ReadableAfterWritable);
     }
-    for segment in segments {
-        if segment.length > 0
-            && memory
-                .get_slice(GuestAddress(segment.address), segment.length as usize)
-                .is_err()
+    for segment in &segments {
+        if memory
+            .get_slice(GuestAddress(segment.address), segment.length as usize)
+            .is_err()
         {
             return Err(RequestError::OutOfRange {
                 address: segment.address,
@@ -352,17 +358,19 @@ pub fn parse<M: GuestMemoryBackend + ?Sized>(
 /// Fuzzing entry point (also replayed by the corpus test): decodes segments and guest
 /// memory contents from arbitrary bytes and checks the parser's promises.
 ///
-/// Input: one byte `n` (segment count, up to 255), then `n` 13-byte segments (address u64,
-/// length u32, flags u8), then the guest memory contents (a 64 KiB region at 0x10000 and a
-/// 4 KiB one at 0x30000; the rest zero).
+/// Input: one byte (bit 7: read-only volume; bits 0-6: segment count `n`), then `n`
+/// 13-byte segments (address u64, length u32, flags u8: bit 0 device-writable), then the
+/// guest memory contents (a 64 KiB region at 0x10000, followed by a hole and a 4 KiB region
+/// at 0x30000).
 #[doc(hidden)]
 pub fn fuzz_parse(input: &[u8]) {
     use vm_memory::GuestMemoryMmap;
     const REGIONS: [(u64, usize); 2] = [(0x10000, 0x10000), (0x30000, 0x1000)];
-    let Some((&count, rest)) = input.split_first() else {
+    let Some((&first, rest)) = input.split_first() else {
         return;
     };
-    let segment_bytes = 13 * count as usize;
+    let read_only = first & 0x80 != 0;
+    let segment_bytes = 13 * usize::from(first & 0x7f);
     let (segment_data, memory_data) = rest.split_at(segment_bytes.min(rest.len()));
     let segments: Vec<Segment> = segment_data
         .chunks_exact(13)
@@ -393,9 +401,9 @@ pub fn fuzz_parse(input: &[u8]) {
     let limits = Limits {
         capacity_sectors: 2048,
         request_bytes_max: 1 << 20,
-        descriptors_max: 130,
+        descriptors_max: 64,
         discard_sectors_max: 1024,
-        read_only: memory_data.first().is_some_and(|byte| byte & 1 != 0),
+        read_only,
     };
     match parse(&segments, &memory, &limits) {
         Ok(request) => {
