@@ -1118,27 +1118,32 @@ impl Engine {
             if offset + HEADER_BYTES as u64 > end {
                 return Ok(true);
             }
-            let head_len = (HEADER_BYTES + KEY_BYTES_MAX).min((end - offset) as usize);
+            // Header, then key: each lies whole inside one record, so inside one buffer
+            // when the record is not yet on disk.
             let location = Location {
                 segment: segment_id,
                 offset,
             };
-            let head = self.read_at(namespace, state, location, head_len)?;
+            let head = self.read_at(namespace, state, location, HEADER_BYTES)?;
             let Ok(header) = record::decode_header(&head) else {
                 // Damage: this walk stops here (it was reported when the namespace was loaded).
                 return Ok(true);
             };
-            let key_end = HEADER_BYTES + header.key_len as usize;
-            if !header.is_tombstone()
-                && key_end <= head.len()
-                && !visit(
+            if !header.is_tombstone() {
+                let key_location = Location {
+                    segment: segment_id,
+                    offset: offset + HEADER_BYTES as u64,
+                };
+                let state = lock(&namespace.state);
+                let key = self.read_at(namespace, state, key_location, header.key_len as usize)?;
+                if !visit(
                     offset,
-                    head[HEADER_BYTES..key_end].to_vec(),
+                    key,
                     header.value_len,
                     (header.timestamp_us / 1_000_000) as u32,
-                )
-            {
-                return Ok(false);
+                ) {
+                    return Ok(false);
+                }
             }
             offset += header.record_bytes() as u64;
         }
@@ -1648,6 +1653,7 @@ fn recover(
         }
         None => (segment_ids[0], SEGMENT_HEADER_BYTES as u64),
     };
+    let replay_base = state.record_count;
     let last_segment = *segment_ids.last().unwrap_or(&1);
     let mut log_bytes = 0u64;
     for &segment_id in &segment_ids {
@@ -1789,5 +1795,10 @@ fn recover(
         }
     }
     state.log_bytes = log_bytes;
+    // Whatever was replayed (the tail, or everything after a rebuild) goes into the next
+    // snapshot, so the next start reads less.
+    let replayed = state.record_count != replay_base;
+    state.changed_since_snapshot = replayed;
+    state.snapshot_due = replayed;
     Ok(state)
 }

@@ -551,20 +551,21 @@ pub fn execute(server: &ServerState, session: &mut Session, args: &[&[u8]], out:
         }
         "AUTH" => {
             arity!(argc == 2 || argc == 3);
+            if argc == 3 && !text(args[1]).eq_ignore_ascii_case("SECURE") {
+                return wrong_arity(out, &name);
+            }
+            // The challenge also serves SELECT ... SECURE, with or without an admin password.
+            if argc == 3 && text(args[2]).eq_ignore_ascii_case("CHALLENGE") {
+                let nonce: [u8; 16] = rand::random();
+                let challenge = hex::encode(nonce);
+                reply::simple(out, &challenge);
+                session.challenge = Some(challenge);
+                return;
+            }
             let Some(admin_password) = server.admin_password.as_deref() else {
                 return fail(out, "Authentication disabled (no admin password set)");
             };
             if argc == 3 {
-                if !text(args[1]).eq_ignore_ascii_case("SECURE") {
-                    return wrong_arity(out, &name);
-                }
-                if text(args[2]).eq_ignore_ascii_case("CHALLENGE") {
-                    let nonce: [u8; 16] = rand::random();
-                    let challenge = hex::encode(nonce);
-                    reply::simple(out, &challenge);
-                    session.challenge = Some(challenge);
-                    return;
-                }
                 let Some(challenge) = session.challenge.take() else {
                     return fail(out, "No challenge requested (AUTH SECURE CHALLENGE first)");
                 };
