@@ -16,4 +16,6 @@ pub mod store;
 mod zdb;
 pub mod zstor;
 
+pub use zdb::ZdbStore;
+
 pub use store::{open_store, ChunkStore, StoreError};
