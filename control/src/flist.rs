@@ -1,12 +1,603 @@
-//! `zos flist`: Flist images: pack, mount, unpack, inspect.
+//! `zos flist`: flist images: pack, mount, unpack, inspect.
 //!
-//! Argument parsing only; the work is done by the library crates.
+//! Argument parsing and printing only; the work is done by the `flistfs` crate.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{bail, Context};
+use flistfs::format::{builder_from_flist, mode, Flist};
+use flistfs::fs::{ChunkSource, FsCore};
+use flistfs::source::{Route, SourceConfig, StoreSource};
 
 /// `zos flist` subcommands.
 #[derive(Debug, clap::Subcommand)]
-pub enum FlistCommand {}
+pub enum FlistCommand {
+    /// Pack a directory or a tar file (plain, gzip or zstd) into an flist, uploading its
+    /// chunks to one or more stores.
+    ///
+    /// Example: zos flist pack ./rootfs -o app.fl --store dir:///srv/chunks --tag entrypoint=/bin/app
+    Pack {
+        /// A directory or a tar file.
+        source: PathBuf,
+        /// The flist to write.
+        #[arg(short, long)]
+        output: PathBuf,
+        /// Store for the chunks: dir:///path, zdb://[user:pass@]host:port/ns, zstor://CONFIG,
+        /// optionally limited to a range of id first bytes: 00-7f=URL. Repeat for several
+        /// stores; overlapping ranges are replicas.
+        #[arg(long = "store", required = true)]
+        stores: Vec<String>,
+        /// A tag key=value to record (entrypoint, env, ports, volumes, readme, ...). Repeatable.
+        #[arg(long = "tag")]
+        tags: Vec<String>,
+        /// Plaintext bytes per chunk.
+        #[arg(long, default_value_t = flistfs::chunk::CHUNK_BYTES_DEFAULT)]
+        chunk_size: u32,
+        /// Uploads in flight.
+        #[arg(long, default_value_t = flistfs::pack::UPLOAD_PARALLEL_DEFAULT)]
+        parallel: usize,
+        /// Write store passwords into the flist (they are removed by default).
+        #[arg(long)]
+        keep_passwords: bool,
+    },
+    /// Mount an flist (ours or rfs's) read-only with FUSE, fetching chunks on first read.
+    /// Runs in the foreground until Ctrl-C, SIGTERM or `zos flist umount`.
+    Mount {
+        /// The flist.
+        flist: PathBuf,
+        /// Where to mount it.
+        mountpoint: PathBuf,
+        /// Chunk cache folder, shared by all mounts [default: /var/cache/zos/chunks as root].
+        #[arg(long)]
+        cache: Option<PathBuf>,
+        /// Bound of the chunk cache in MiB.
+        #[arg(long, default_value_t = flistfs::cache::CACHE_BYTES_DEFAULT / 1048576)]
+        cache_mib: u64,
+        /// Read chunks from these stores instead of the flist's routes. Repeatable.
+        #[arg(long = "store")]
+        stores: Vec<String>,
+        /// Milliseconds a store may take for one chunk before the read fails with EIO.
+        #[arg(long, default_value_t = flistfs::source::STORE_TIMEOUT_MS_DEFAULT)]
+        timeout_ms: u64,
+        /// FUSE worker threads.
+        #[arg(long, default_value_t = flistfs::fuse::FUSE_THREADS_DEFAULT)]
+        threads: usize,
+    },
+    /// Unmount an flist mounted with `zos flist mount` (its process then exits).
+    Umount {
+        /// The mount point.
+        mountpoint: PathBuf,
+    },
+    /// Restore an flist's tree into a directory (created if missing, must be empty).
+    Unpack {
+        /// The flist.
+        flist: PathBuf,
+        /// Destination folder.
+        destination: PathBuf,
+        /// Read chunks from these stores instead of the flist's routes.
+        #[arg(long = "store")]
+        stores: Vec<String>,
+        /// Chunk cache folder (none by default).
+        #[arg(long)]
+        cache: Option<PathBuf>,
+    },
+    /// Show an flist's header, counts and tags, and verify every section.
+    Inspect {
+        /// The flist.
+        flist: PathBuf,
+    },
+    /// List a directory of an flist, like `ls -l`.
+    Ls {
+        /// The flist.
+        flist: PathBuf,
+        /// Directory inside the flist.
+        #[arg(default_value = "/")]
+        path: String,
+    },
+    /// Show an flist's tree.
+    Tree {
+        /// The flist.
+        flist: PathBuf,
+        /// Directory inside the flist.
+        #[arg(default_value = "/")]
+        path: String,
+    },
+    /// Print a file of an flist to stdout (fetching its chunks).
+    Cat {
+        /// The flist.
+        flist: PathBuf,
+        /// File inside the flist.
+        path: String,
+        /// Read chunks from these stores instead of the flist's routes.
+        #[arg(long = "store")]
+        stores: Vec<String>,
+    },
+    /// List an flist's tags, or change them (the flist is rewritten in place).
+    Tag {
+        /// The flist (ours; convert rfs flists first).
+        flist: PathBuf,
+        /// Set key=value (replacing that key's values). Repeatable.
+        #[arg(long = "set")]
+        set: Vec<String>,
+        /// Remove every tag with this key. Repeatable.
+        #[arg(long = "remove")]
+        remove: Vec<String>,
+    },
+    /// Convert an rfs flist (.fl, SQLite) into our format. Its chunks stay where they are
+    /// (the routes are kept) and are read with rfs's codec.
+    Convert {
+        /// The rfs flist.
+        input: PathBuf,
+        /// The flist to write.
+        output: PathBuf,
+    },
+}
 
 /// Runs one `zos flist` subcommand.
 pub fn run(command: FlistCommand) -> anyhow::Result<()> {
-    match command {}
+    match run_command(command) {
+        // `zos flist ls x.fl | head` is not an error.
+        Err(error)
+            if error
+                .downcast_ref::<std::io::Error>()
+                .is_some_and(|error| error.kind() == std::io::ErrorKind::BrokenPipe) =>
+        {
+            Ok(())
+        }
+        other => other,
+    }
+}
+
+fn run_command(command: FlistCommand) -> anyhow::Result<()> {
+    match command {
+        FlistCommand::Pack {
+            source,
+            output,
+            stores,
+            tags,
+            chunk_size,
+            parallel,
+            keep_passwords,
+        } => pack(
+            &source,
+            &output,
+            &stores,
+            &tags,
+            chunk_size,
+            parallel,
+            keep_passwords,
+        ),
+        FlistCommand::Mount {
+            flist,
+            mountpoint,
+            cache,
+            cache_mib,
+            stores,
+            timeout_ms,
+            threads,
+        } => mount(
+            &flist,
+            &mountpoint,
+            cache,
+            cache_mib,
+            &stores,
+            timeout_ms,
+            threads,
+        ),
+        FlistCommand::Umount { mountpoint } => flistfs::sys::unmount(&mountpoint)
+            .with_context(|| format!("unmounting {}", mountpoint.display())),
+        FlistCommand::Unpack {
+            flist,
+            destination,
+            stores,
+            cache,
+        } => {
+            let image = open(&flist)?;
+            let source = chunk_source(
+                &image,
+                &stores,
+                cache,
+                flistfs::cache::CACHE_BYTES_DEFAULT,
+                SourceConfig::default(),
+            )?;
+            let stats =
+                flistfs::unpack::unpack(&image, &source, &destination).with_context(|| {
+                    format!(
+                        "unpacking {} into {}",
+                        flist.display(),
+                        destination.display()
+                    )
+                })?;
+            println!(
+                "unpacked {} entries, {} bytes into {}",
+                stats.entries,
+                stats.bytes,
+                destination.display()
+            );
+            Ok(())
+        }
+        FlistCommand::Inspect { flist } => inspect(&flist),
+        FlistCommand::Ls { flist, path } => ls(&flist, &path),
+        FlistCommand::Tree { flist, path } => tree(&flist, &path),
+        FlistCommand::Cat {
+            flist,
+            path,
+            stores,
+        } => cat(&flist, &path, &stores),
+        FlistCommand::Tag { flist, set, remove } => tag(&flist, &set, &remove),
+        FlistCommand::Convert { input, output } => {
+            if !flistfs::rfs::is_rfs(&input) {
+                bail!(
+                    "{} is not an rfs flist (not an SQLite file)",
+                    input.display()
+                );
+            }
+            let builder = flistfs::rfs::read(&input)
+                .with_context(|| format!("reading {}", input.display()))?;
+            builder
+                .write_to(&output)
+                .with_context(|| format!("writing {}", output.display()))?;
+            println!(
+                "converted {} into {} ({} inodes)",
+                input.display(),
+                output.display(),
+                builder.inode_count()
+            );
+            Ok(())
+        }
+    }
+}
+
+fn open(path: &Path) -> anyhow::Result<Flist> {
+    flistfs::open_any(path).with_context(|| format!("opening flist {}", path.display()))
+}
+
+fn parse_routes(
+    texts: &[String],
+    keep_passwords: bool,
+) -> anyhow::Result<Vec<(Route, Arc<dyn erasure::store::ChunkStore>)>> {
+    texts
+        .iter()
+        .map(|text| {
+            let mut route = Route::parse(text)?;
+            let store = erasure::store::open_store(&route.url)
+                .with_context(|| format!("opening store {}", route.url))?;
+            if !keep_passwords {
+                route.url = flistfs::source::strip_password(&route.url);
+            }
+            Ok((route, store))
+        })
+        .collect()
+}
+
+fn chunk_source(
+    flist: &Flist,
+    stores: &[String],
+    cache: Option<PathBuf>,
+    cache_bytes: u64,
+    config: SourceConfig,
+) -> anyhow::Result<StoreSource> {
+    let texts: Vec<String> = if stores.is_empty() {
+        flist
+            .tags()?
+            .into_iter()
+            .filter(|(key, _)| *key == b"route")
+            .map(|(_, value)| String::from_utf8_lossy(value).into_owned())
+            .collect()
+    } else {
+        stores.to_vec()
+    };
+    // Keep passwords given here: they are only used, never written.
+    let routes = parse_routes(&texts, true)?;
+    let cache = match cache {
+        Some(directory) => Some(Arc::new(
+            flistfs::cache::ChunkCache::open(&directory, cache_bytes)
+                .with_context(|| format!("opening the chunk cache {}", directory.display()))?,
+        )),
+        None => None,
+    };
+    Ok(StoreSource::new(routes, cache, config)?)
+}
+
+fn parse_tag(text: &str) -> anyhow::Result<(&str, &str)> {
+    text.split_once('=')
+        .with_context(|| format!("tag {text:?} is not key=value"))
+}
+
+#[allow(clippy::too_many_arguments)]
+fn pack(
+    source: &Path,
+    output: &Path,
+    stores: &[String],
+    tags: &[String],
+    chunk_bytes: u32,
+    parallel: usize,
+    keep_passwords: bool,
+) -> anyhow::Result<()> {
+    let routes = parse_routes(stores, keep_passwords)?;
+    let route_tags: Vec<String> = routes.iter().map(|(route, _)| route.to_tag()).collect();
+    let options = flistfs::pack::PackOptions {
+        chunk_bytes,
+        upload_parallel: parallel,
+        progress: true,
+    };
+    let root = flistfs::InodeMeta {
+        mode: mode::DIRECTORY | 0o755,
+        ..Default::default()
+    };
+    let mut packer = flistfs::pack::Packer::new(routes, root, options)?;
+    let metadata =
+        std::fs::metadata(source).with_context(|| format!("reading {}", source.display()))?;
+    if metadata.is_dir() {
+        packer
+            .add_directory(source)
+            .with_context(|| format!("packing {}", source.display()))?;
+    } else {
+        let file =
+            std::fs::File::open(source).with_context(|| format!("opening {}", source.display()))?;
+        packer
+            .add_tar(file)
+            .with_context(|| format!("packing tar file {}", source.display()))?;
+    }
+    for route in &route_tags {
+        packer.builder_mut().add_tag(b"route", route.as_bytes())?;
+    }
+    for text in tags {
+        let (key, value) = parse_tag(text)?;
+        packer
+            .builder_mut()
+            .add_tag(key.as_bytes(), value.as_bytes())?;
+    }
+    let stats = packer
+        .finish(output)
+        .with_context(|| format!("writing {}", output.display()))?;
+    println!(
+        "packed {} into {}: {stats}",
+        source.display(),
+        output.display()
+    );
+    Ok(())
+}
+
+/// The machine-wide cache when it can be used (root), else the user's cache folder.
+fn default_cache() -> PathBuf {
+    let machine_wide = PathBuf::from("/var/cache/zos/chunks");
+    if std::fs::create_dir_all(machine_wide.join("tmp")).is_ok() {
+        return machine_wide;
+    }
+    let base = std::env::var_os("XDG_CACHE_HOME")
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|home| PathBuf::from(home).join(".cache")))
+        .unwrap_or_else(std::env::temp_dir);
+    base.join("zos").join("chunks")
+}
+
+fn mount(
+    flist_path: &Path,
+    mountpoint: &Path,
+    cache: Option<PathBuf>,
+    cache_mib: u64,
+    stores: &[String],
+    timeout_ms: u64,
+    threads: usize,
+) -> anyhow::Result<()> {
+    let flist = Arc::new(open(flist_path)?);
+    let config = SourceConfig {
+        store_timeout: Duration::from_millis(timeout_ms),
+        ..SourceConfig::default()
+    };
+    let cache = Some(cache.unwrap_or_else(default_cache));
+    let source = chunk_source(
+        &flist,
+        stores,
+        cache,
+        cache_mib.saturating_mul(1048576),
+        config,
+    )?;
+    let core = FsCore::new(flist, Arc::new(source) as Arc<dyn ChunkSource>);
+    tracing::info!(flist = %flist_path.display(), mountpoint = %mountpoint.display(), "mounting; Ctrl-C or `zos flist umount` to stop");
+    flistfs::fuse::serve(core, mountpoint, threads, &flist_path.display().to_string()).with_context(
+        || {
+            format!(
+                "mounting {} at {}",
+                flist_path.display(),
+                mountpoint.display()
+            )
+        },
+    )
+}
+
+fn show(name: &[u8]) -> String {
+    String::from_utf8_lossy(name).into_owned()
+}
+
+fn inspect(path: &Path) -> anyhow::Result<()> {
+    let flist = open(path)?;
+    let kind = if flistfs::rfs::is_rfs(path) {
+        "rfs (SQLite), read into format version 1"
+    } else {
+        "flist format version 1"
+    };
+    println!("file:       {}", path.display());
+    println!("format:     {kind}");
+    println!("inodes:     {}", flist.inode_count());
+    println!("chunks:     {}", flist.chunk_count());
+    println!("chunk size: {} bytes", flist.chunk_bytes());
+    match flist.verify_all() {
+        Ok(()) => println!("checksums:  all sections verified"),
+        Err(error) => println!("checksums:  FAILED: {error}"),
+    }
+    for (key, value) in flist.tags()? {
+        println!("tag:        {}={}", show(key), show(value));
+    }
+    flist.verify_all().context("the flist is corrupt")?;
+    Ok(())
+}
+
+fn resolve(flist: &Flist, path: &str) -> anyhow::Result<flistfs::format::Inode> {
+    flist
+        .resolve(path.as_bytes())?
+        .with_context(|| format!("{path}: no such entry in the flist"))
+}
+
+fn type_char(type_bits: u32) -> char {
+    match type_bits & mode::TYPE_MASK {
+        mode::DIRECTORY => 'd',
+        mode::SYMLINK => 'l',
+        mode::CHAR_DEVICE => 'c',
+        mode::BLOCK_DEVICE => 'b',
+        mode::FIFO => 'p',
+        mode::SOCKET => 's',
+        _ => '-',
+    }
+}
+
+fn permissions(mode_bits: u32) -> String {
+    let mut text = String::new();
+    for (shift, special, special_char) in [(6, 0o4000, 's'), (3, 0o2000, 's'), (0, 0o1000, 't')] {
+        let bits = (mode_bits >> shift) & 7;
+        text.push(if bits & 4 != 0 { 'r' } else { '-' });
+        text.push(if bits & 2 != 0 { 'w' } else { '-' });
+        let execute = bits & 1 != 0;
+        text.push(match (mode_bits & special != 0, execute) {
+            (true, true) => special_char,
+            (true, false) => special_char.to_ascii_uppercase(),
+            (false, true) => 'x',
+            (false, false) => '-',
+        });
+    }
+    text
+}
+
+fn ls(path: &Path, inner: &str) -> anyhow::Result<()> {
+    let flist = open(path)?;
+    let directory = resolve(&flist, inner)?;
+    let entries: Vec<(Vec<u8>, u32)> = if directory.is_dir() {
+        (0..flist.dir_len(&directory)?)
+            .map(|index| {
+                flist
+                    .dir_entry(&directory, index)
+                    .map(|entry| (entry.name.to_vec(), entry.inode))
+            })
+            .collect::<Result<_, _>>()?
+    } else {
+        vec![(inner.as_bytes().to_vec(), directory.number)]
+    };
+    let mut out = std::io::stdout().lock();
+    use std::io::Write;
+    for (name, number) in entries {
+        let inode = flist.inode(number)?;
+        let record = &inode.record;
+        let mut line = format!(
+            "{}{} {:>3} {:>5} {:>5} {:>10} {} {}",
+            type_char(record.mode),
+            permissions(record.mode),
+            record.nlink,
+            record.uid,
+            record.gid,
+            record.size,
+            record.mtime_sec,
+            show(&name)
+        );
+        if inode.kind() == mode::SYMLINK {
+            line.push_str(&format!(" -> {}", show(flist.symlink_target(&inode)?)));
+        }
+        writeln!(out, "{line}")?;
+    }
+    Ok(())
+}
+
+fn tree(path: &Path, inner: &str) -> anyhow::Result<()> {
+    let flist = open(path)?;
+    let top = resolve(&flist, inner)?;
+    let mut out = std::io::stdout().lock();
+    use std::io::Write;
+    writeln!(out, "{inner}")?;
+    let mut stack: Vec<(flistfs::format::Inode, u64, String)> = vec![(top, 0, String::new())];
+    let mut count = 0u64;
+    while let Some((directory, index, prefix)) = stack.pop() {
+        if !directory.is_dir() || index >= flist.dir_len(&directory)? {
+            continue;
+        }
+        let last = index + 1 == flist.dir_len(&directory)?;
+        let entry = flist.dir_entry(&directory, index)?;
+        let child = flist.inode(entry.inode)?;
+        let mut line = format!(
+            "{prefix}{}{}",
+            if last { "└── " } else { "├── " },
+            show(entry.name)
+        );
+        if child.kind() == mode::SYMLINK {
+            line.push_str(&format!(" -> {}", show(flist.symlink_target(&child)?)));
+        }
+        writeln!(out, "{line}")?;
+        count += 1;
+        stack.push((directory, index + 1, prefix.clone()));
+        if child.is_dir() {
+            stack.push((
+                child,
+                0,
+                format!("{prefix}{}", if last { "    " } else { "│   " }),
+            ));
+        }
+    }
+    writeln!(out, "\n{count} entries")?;
+    Ok(())
+}
+
+fn cat(path: &Path, inner: &str, stores: &[String]) -> anyhow::Result<()> {
+    let flist = Arc::new(open(path)?);
+    let file = resolve(&flist, inner)?;
+    if file.kind() != mode::REGULAR {
+        bail!("{inner} is not a regular file");
+    }
+    let source = chunk_source(&flist, stores, None, 0, SourceConfig::default())?;
+    let core = FsCore::new(flist.clone(), Arc::new(source));
+    let mut out = std::io::stdout().lock();
+    use std::io::Write;
+    let mut offset = 0u64;
+    let step = 4 * 1024 * 1024;
+    while offset < file.record.size {
+        let bytes = core
+            .read(u64::from(file.number) + 1, offset, step)
+            .map_err(|error| anyhow::anyhow!("{inner} at byte {offset}: {error}"))?;
+        if bytes.is_empty() {
+            break;
+        }
+        out.write_all(&bytes)?;
+        offset += bytes.len() as u64;
+    }
+    Ok(())
+}
+
+fn tag(path: &Path, set: &[String], remove: &[String]) -> anyhow::Result<()> {
+    let flist = open(path)?;
+    if set.is_empty() && remove.is_empty() {
+        for (key, value) in flist.tags()? {
+            println!("{}={}", show(key), show(value));
+        }
+        return Ok(());
+    }
+    if flistfs::rfs::is_rfs(path) {
+        bail!(
+            "{} is an rfs flist: `zos flist convert` it first",
+            path.display()
+        );
+    }
+    let mut builder = builder_from_flist(&flist)?;
+    for key in remove {
+        builder.remove_tags(key.as_bytes());
+    }
+    for text in set {
+        let (key, value) = parse_tag(text)?;
+        builder.remove_tags(key.as_bytes());
+        builder.add_tag(key.as_bytes(), value.as_bytes())?;
+    }
+    drop(flist);
+    builder
+        .write_to(path)
+        .with_context(|| format!("rewriting {}", path.display()))?;
+    Ok(())
 }

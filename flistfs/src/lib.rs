@@ -23,10 +23,38 @@
 //! (our chunk codec), rusqlite with bundled SQLite (rfs flists are SQLite files), blake2 and
 //! snap (rfs's chunk codec), thiserror and tracing (errors and logs).
 
+pub mod cache;
 pub mod chunk;
 pub mod format;
 pub mod fs;
+pub mod fuse;
+pub mod pack;
 pub mod rfs;
+pub mod source;
 pub mod sys;
+pub mod unpack;
 
 pub use format::{Flist, FlistBuilder, FormatError, InodeMeta};
+
+/// Errors of [`open_any`].
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum OpenError {
+    /// Our format refused the file.
+    #[error(transparent)]
+    Format(#[from] FormatError),
+    /// The rfs reader refused the file.
+    #[error(transparent)]
+    Rfs(#[from] rfs::RfsError),
+}
+
+/// Opens an flist of either kind: ours (mapped in place) or rfs's (SQLite, read into our
+/// format in memory).
+pub fn open_any(path: &std::path::Path) -> Result<Flist, OpenError> {
+    if rfs::is_rfs(path) {
+        let builder = rfs::read(path)?;
+        Ok(Flist::from_bytes(builder.finish()?)?)
+    } else {
+        Ok(Flist::open(path)?)
+    }
+}

@@ -36,3 +36,64 @@ impl Mapping {
         }
     }
 }
+
+fn c_path(path: &Path) -> io::Result<std::ffi::CString> {
+    use std::os::unix::ffi::OsStrExt;
+    std::ffi::CString::new(path.as_os_str().as_bytes())
+        .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "path holds a NUL byte"))
+}
+
+/// Creates a device node, fifo or socket at `path` with `mode` (type bits included).
+pub fn make_node(path: &Path, mode: u32, rdev: u64) -> io::Result<()> {
+    let path = c_path(path)?;
+    // SAFETY: `path` is a valid NUL-terminated string that outlives the call; mknod reads
+    // nothing else from our memory.
+    let result = unsafe { libc::mknod(path.as_ptr(), mode as libc::mode_t, rdev as libc::dev_t) };
+    if result == 0 {
+        Ok(())
+    } else {
+        Err(io::Error::last_os_error())
+    }
+}
+
+/// Sets access and modification times of `path` with nanoseconds, not following symlinks.
+pub fn set_times_nofollow(path: &Path, atime: (i64, u32), mtime: (i64, u32)) -> io::Result<()> {
+    let path = c_path(path)?;
+    let times = [
+        libc::timespec {
+            tv_sec: atime.0 as libc::time_t,
+            tv_nsec: atime.1 as libc::c_long,
+        },
+        libc::timespec {
+            tv_sec: mtime.0 as libc::time_t,
+            tv_nsec: mtime.1 as libc::c_long,
+        },
+    ];
+    // SAFETY: `path` is NUL-terminated and `times` is an array of two timespecs, as
+    // utimensat requires; both outlive the call.
+    let result = unsafe {
+        libc::utimensat(
+            libc::AT_FDCWD,
+            path.as_ptr(),
+            times.as_ptr(),
+            libc::AT_SYMLINK_NOFOLLOW,
+        )
+    };
+    if result == 0 {
+        Ok(())
+    } else {
+        Err(io::Error::last_os_error())
+    }
+}
+
+/// Unmounts the filesystem at `path` (umount2 with no flags).
+pub fn unmount(path: &Path) -> io::Result<()> {
+    let path = c_path(path)?;
+    // SAFETY: `path` is a valid NUL-terminated string that outlives the call.
+    let result = unsafe { libc::umount2(path.as_ptr(), 0) };
+    if result == 0 {
+        Ok(())
+    } else {
+        Err(io::Error::last_os_error())
+    }
+}

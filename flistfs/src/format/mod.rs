@@ -322,3 +322,62 @@ pub mod mode {
         )
     }
 }
+
+/// A builder holding the whole tree of `flist` (to change its tags, or convert it).
+pub fn builder_from_flist(flist: &Flist) -> Result<FlistBuilder, FormatError> {
+    fn meta_of(record: &InodeRecord) -> InodeMeta {
+        InodeMeta {
+            mode: record.mode,
+            uid: record.uid,
+            gid: record.gid,
+            size: record.size,
+            rdev: record.rdev,
+            atime: (record.atime_sec, record.atime_nsec),
+            mtime: (record.mtime_sec, record.mtime_nsec),
+            ctime: (record.ctime_sec, record.ctime_nsec),
+        }
+    }
+    let root = flist.root()?;
+    let mut builder = FlistBuilder::new(meta_of(&root.record), flist.chunk_bytes());
+    for (name, value) in flist.xattrs(&root)? {
+        builder.set_xattr(ROOT_INODE, name, value)?;
+    }
+    let mut placed: std::collections::HashMap<u32, u32> = std::collections::HashMap::new();
+    let mut queue = std::collections::VecDeque::from([(root, ROOT_INODE)]);
+    while let Some((directory, ours)) = queue.pop_front() {
+        for index in 0..flist.dir_len(&directory)? {
+            let entry = flist.dir_entry(&directory, index)?;
+            if let Some(&existing) = placed.get(&entry.inode) {
+                builder.link(ours, entry.name, existing)?;
+                continue;
+            }
+            let child = flist.inode(entry.inode)?;
+            let chunks = if child.kind() == mode::REGULAR {
+                (0..flist.chunk_len(&child)?)
+                    .map(|index| flist.chunk(&child, index))
+                    .collect::<Result<_, _>>()?
+            } else {
+                Vec::new()
+            };
+            let target = if child.kind() == mode::SYMLINK {
+                flist.symlink_target(&child)?
+            } else {
+                &[]
+            };
+            let number = builder.add(ours, entry.name, meta_of(&child.record), chunks, target)?;
+            for (name, value) in flist.xattrs(&child)? {
+                builder.set_xattr(number, name, value)?;
+            }
+            // Directories are recorded too: a second name for one (a cycle in a forged
+            // flist) is then refused by `link`.
+            placed.insert(entry.inode, number);
+            if child.is_dir() {
+                queue.push_back((child, number));
+            }
+        }
+    }
+    for (key, value) in flist.tags()? {
+        builder.add_tag(key, value)?;
+    }
+    Ok(builder)
+}
