@@ -9,7 +9,7 @@
 //! next, and publishes the highest write ticket that is now durable. Writers that must wait for
 //! durability wait for that ticket. Records not yet on disk are served from the buffers.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 use std::fs::File;
 use std::io;
 use std::path::{Path, PathBuf};
@@ -21,7 +21,8 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use thiserror::Error;
 use tokio::sync::watch;
 
-use crate::log::index_file::{self, Entry, SnapshotMeta, ENTRY_DAMAGED};
+use crate::cache::{self, ValueCache};
+use crate::log::index_file::{self, Entry, Index, SnapshotMeta, ENTRY_DAMAGED};
 use crate::log::record::{
     self, NewRecord, FLAG_TOMBSTONE, HEADER_BYTES, KEY_BYTES_MAX, LINK_BYTES, VALUE_BYTES_MAX,
 };
@@ -34,6 +35,10 @@ pub const SEGMENT_BYTES_DEFAULT: u64 = 256 * 1024 * 1024;
 pub const SEGMENT_BYTES_MAX: u64 = u32::MAX as u64;
 /// Bytes of records a namespace may hold in memory, not yet written, before writers wait.
 pub const PENDING_BYTES_MAX: usize = 64 * 1024 * 1024;
+/// Under a periodic durability policy, the flusher starts a round at most this often, so that
+/// a round carries many records. This is also the most a killed process can lose of what it
+/// replied to (a machine crash can lose up to the sync interval).
+pub const FLUSH_ROUND_INTERVAL_MIN: Duration = Duration::from_millis(1);
 /// Damaged records remembered per namespace for INFO and logs (all are counted).
 pub const DAMAGE_REPORTS_MAX: usize = 1000;
 /// A namespace name is at most this long and uses only `[A-Za-z0-9._-]`.
@@ -85,6 +90,8 @@ pub struct EngineConfig {
     pub default_mode: Mode,
     pub snapshot_interval: Duration,
     pub pending_bytes_max: usize,
+    /// Bytes of recently used values each namespace keeps in memory (0: none).
+    pub cache_bytes_max: usize,
 }
 
 impl EngineConfig {
@@ -97,6 +104,7 @@ impl EngineConfig {
             default_mode: Mode::User,
             snapshot_interval: SNAPSHOT_INTERVAL_DEFAULT,
             pending_bytes_max: PENDING_BYTES_MAX,
+            cache_bytes_max: cache::CACHE_BYTES_DEFAULT,
         }
     }
 }
@@ -246,8 +254,12 @@ pub struct Damage {
 /// Result of a SET.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum SetOutcome {
-    /// Stored under this key; durable once the engine's durable ticket reaches `ticket`.
-    Stored { key: Vec<u8>, ticket: u64 },
+    /// Stored (under the new id `assigned_id` for a seq-mode append, else under the key
+    /// given); durable once the engine's durable ticket reaches `ticket`.
+    Stored {
+        assigned_id: Option<u64>,
+        ticket: u64,
+    },
     /// The key already holds exactly this value: nothing was written.
     Unchanged,
 }
@@ -326,7 +338,8 @@ type FlushWrite = (Arc<Namespace>, Arc<File>, u64, Arc<Vec<u8>>);
 #[derive(Debug)]
 struct NsState {
     settings: Settings,
-    index: HashMap<Box<[u8]>, Entry>,
+    index: Index,
+    cache: ValueCache,
     files: BTreeMap<u32, Arc<File>>,
     active_segment: u32,
     /// End of the active segment, counting records still pending.
@@ -386,6 +399,8 @@ pub struct Engine {
     wake_pending: AtomicBool,
     progress: watch::Sender<Progress>,
     failure: Mutex<Option<String>>,
+    /// Set with `failure`, read without a lock on every write.
+    failed: AtomicBool,
     flusher: Mutex<Option<JoinHandle<()>>>,
 }
 
@@ -418,6 +433,7 @@ impl Engine {
             wake_pending: AtomicBool::new(false),
             progress,
             failure: Mutex::new(None),
+            failed: AtomicBool::new(false),
             flusher: Mutex::new(None),
         });
         let mut names = Vec::new();
@@ -570,7 +586,14 @@ impl Engine {
             Err(error) => return Err(error.into()),
         };
         let started = Instant::now();
-        let state = recover(&*self.io, name, &data_dir, &index_dir, settings)?;
+        let state = recover(
+            &*self.io,
+            name,
+            &data_dir,
+            &index_dir,
+            settings,
+            self.config.cache_bytes_max,
+        )?;
         tracing::info!(
             namespace = name,
             keys = state.index.len(),
@@ -588,6 +611,9 @@ impl Engine {
     }
 
     fn check_failed(&self) -> Result<()> {
+        if !self.failed.load(Ordering::Acquire) {
+            return Ok(());
+        }
         match &*lock(&self.failure) {
             Some(reason) => Err(EngineError::Failed(reason.clone())),
             None => Ok(()),
@@ -650,7 +676,12 @@ impl Engine {
                 state.writable()?;
             }
         }
-        let previous = state.index.get(key_owned.as_slice()).copied();
+        // Only after the comparison above released the lock can the key have changed.
+        let previous = if previous.is_some() {
+            state.index.get(key_owned.as_slice()).copied()
+        } else {
+            previous
+        };
         let freed = previous.map(|old| old.value_len as u64).unwrap_or(0);
         if state.settings.maxsize > 0
             && state.live_bytes - freed + value.len() as u64 > state.settings.maxsize
@@ -668,6 +699,7 @@ impl Engine {
                 flags: 0,
                 key: &key_owned,
                 value,
+                value_crc,
                 timestamp_us,
                 sequence: 0,
                 prev_segment,
@@ -686,14 +718,17 @@ impl Engine {
         if state.settings.mode == Mode::Seq && key.is_empty() {
             state.next_id += 1;
         }
-        state
-            .index
-            .insert(key_owned.clone().into_boxed_slice(), entry);
+        let assigned_id = (state.settings.mode == Mode::Seq && key.is_empty()).then(|| {
+            let mut id = [0u8; 8];
+            id.copy_from_slice(&key_owned);
+            u64::from_le_bytes(id)
+        });
+        state.index.insert(key_owned.into_boxed_slice(), entry);
         let ticket = self.issued_ticket.fetch_add(1, Ordering::AcqRel) + 1;
         drop(state);
         self.wake_flusher();
         Ok(SetOutcome::Stored {
-            key: key_owned,
+            assigned_id,
             ticket,
         })
     }
@@ -714,6 +749,7 @@ impl Engine {
                 flags: FLAG_TOMBSTONE,
                 key,
                 value: &[],
+                value_crc: 0,
                 timestamp_us: now_us(),
                 sequence: 0,
                 prev_segment: old.segment,
@@ -955,14 +991,32 @@ impl Engine {
 
     /// The value of `key`, verified; `Ok(None)` when there is none.
     pub fn get(&self, namespace: &Namespace, key: &[u8]) -> Result<Option<Vec<u8>>> {
+        self.get_with(namespace, key, |value| value.to_vec())
+    }
+
+    /// Like [`Engine::get`], handing the verified value to `use_value` (which must be quick:
+    /// on a cache hit it runs under the namespace lock) instead of returning a copy.
+    pub fn get_with<T>(
+        &self,
+        namespace: &Namespace,
+        key: &[u8],
+        use_value: impl FnOnce(&[u8]) -> T,
+    ) -> Result<Option<T>> {
         let state = lock(&namespace.state);
         state.readable()?;
         let Some(entry) = state.index.get(key).copied() else {
             return Ok(None);
         };
-        let (mut bytes, header) = self.read_record_locked(namespace, state, key, entry)?;
-        bytes.drain(..HEADER_BYTES + header.key_len as usize);
-        Ok(Some(bytes))
+        let place = cache::place(entry.segment, entry.offset);
+        if entry.flags & ENTRY_DAMAGED == 0 {
+            if let Some(value) = state.cache.get(place) {
+                return Ok(Some(use_value(value)));
+            }
+        }
+        let (bytes, header) = self.read_record_locked(namespace, state, key, entry)?;
+        let value = &bytes[HEADER_BYTES + header.key_len as usize..];
+        lock(&namespace.state).cache.insert(place, value);
+        Ok(Some(use_value(value)))
     }
 
     /// Whether `key` exists.
@@ -1211,7 +1265,7 @@ impl Engine {
         let _ = std::fs::remove_file(namespace.index_dir.join(SNAPSHOT_FILE));
         let settings = state.settings.clone();
         let deleted = state.deleted;
-        *state = empty_state(settings);
+        *state = empty_state(settings, self.config.cache_bytes_max);
         state.deleted = deleted;
         let first = Arc::new(
             File::options()
@@ -1307,6 +1361,7 @@ impl Engine {
         let mut dirty_files: Vec<Arc<File>> = Vec::new();
         let mut last_sync = Instant::now();
         let mut rounds = 0u64;
+        let mut last_round = Instant::now();
         loop {
             let shutdown = {
                 let mut signal = lock(&self.signal);
@@ -1330,6 +1385,15 @@ impl Engine {
                 signal.wake = false;
                 signal.shutdown
             };
+            // Under a periodic policy nobody waits for the write: let records gather for a
+            // moment so each round (and its context switches) carries many of them.
+            if !sync_interval.is_zero() && !shutdown {
+                let since = last_round.elapsed();
+                if since < FLUSH_ROUND_INTERVAL_MIN {
+                    std::thread::sleep(FLUSH_ROUND_INTERVAL_MIN - since);
+                }
+            }
+            last_round = Instant::now();
             self.wake_pending.store(false, Ordering::Release);
             let target_ticket = self.issued_ticket.load(Ordering::Acquire);
             let namespaces: Vec<Arc<Namespace>> = self
@@ -1424,6 +1488,7 @@ impl Engine {
                 Err(error) => {
                     tracing::error!(%error, "write to disk failed: refusing writes from now on");
                     *lock(&self.failure) = Some(error.to_string());
+                    self.failed.store(true, Ordering::Release);
                     let durable = self.progress.borrow().durable_ticket;
                     self.progress.send_replace(Progress {
                         durable_ticket: durable,
@@ -1551,10 +1616,11 @@ impl Location {
     }
 }
 
-fn empty_state(settings: Settings) -> NsState {
+fn empty_state(settings: Settings, cache_bytes_max: usize) -> NsState {
     NsState {
         settings,
-        index: HashMap::new(),
+        index: Index::default(),
+        cache: ValueCache::new(cache_bytes_max),
         files: BTreeMap::new(),
         active_segment: 1,
         append_offset: SEGMENT_HEADER_BYTES as u64,
@@ -1596,8 +1662,9 @@ fn recover(
     data_dir: &Path,
     index_dir: &Path,
     settings: Settings,
+    cache_bytes_max: usize,
 ) -> Result<NsState> {
-    let mut state = empty_state(settings);
+    let mut state = empty_state(settings, cache_bytes_max);
     let mut segment_ids = segment::list(data_dir)?;
     if segment_ids.is_empty() {
         let file = File::options()

@@ -6,7 +6,8 @@
 //!   the [`sys::StorageIo`] trait so tests can inject faults ([`fault`]).
 //! - [`log`]: the on-disk formats: records, segment files, index snapshots, and the recovery
 //!   scanner. Documented byte by byte in `docs/design.md`.
-//! - [`engine`]: namespaces, the in-memory index, group commit, durability, recovery, reads.
+//! - [`engine`]: namespaces, the in-memory index, group commit, durability, recovery, reads;
+//!   [`cache`] keeps hot values in memory.
 //! - [`resp`]: RESP2 frames and their parser, and the 0-db commands over the engine.
 //! - [`server`]: TCP and unix-socket listeners, connection limits, the connection loop.
 //! - [`client`]: an async client for zdb's dialect, used by zstor.
@@ -16,6 +17,7 @@
 //! SECURE challenge hashes), `thiserror`/`anyhow` (errors), `clap` (the `zdb` command line),
 //! `tracing` (logs), `hex` and `rand` (settings encoding, challenges), `bytes` (buffers).
 
+pub mod cache;
 pub mod client;
 pub mod engine;
 pub mod fault;

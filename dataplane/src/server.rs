@@ -155,16 +155,19 @@ where
             return Ok(());
         }
         let mut wrote = false;
+        let mut executed = 0u64;
         loop {
             match frame::parse_command(&input, &mut ranges, &mut inline) {
                 Ok(Some((consumed, is_inline))) => {
                     {
                         let source: &[u8] = if is_inline { &inline } else { &input };
-                        let args: Vec<&[u8]> = ranges.iter().map(|r| &source[r.clone()]).collect();
+                        let args: smallvec::SmallVec<[&[u8]; 8]> =
+                            ranges.iter().map(|r| &source[r.clone()]).collect();
                         if !args.is_empty() {
                             let before = session.pending_ticket;
                             commands::execute(state, &mut session, &args, &mut out);
                             wrote |= session.pending_ticket != before;
+                            executed += 1;
                         }
                     }
                     input.advance(consumed);
@@ -188,6 +191,7 @@ where
                 }
             }
         }
+        state.commands.fetch_add(executed, Ordering::Relaxed);
         flush_replies(state, &mut session, stream, &mut out, wait_durable && wrote).await?;
         if wrote {
             state.engine.wait_for_room(&session.namespace).await;

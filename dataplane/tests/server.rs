@@ -357,6 +357,7 @@ fn seq_mode_scan_and_keycur() {
         pipe.cmd("SET").arg(format!("key{i:04}")).arg(&value[..]);
     }
     pipe.query::<()>(&mut con).unwrap();
+    assert_eq!(cmd(&mut con, &[b"NSJUMP"]).unwrap(), Value::Okay);
     assert_eq!(cmd(&mut con, &[b"DEL", b"key0500"]).unwrap(), Value::Okay);
     assert_eq!(
         bulk(cmd(&mut con, &[b"SET", b"key0007", b"changed"]).unwrap()),

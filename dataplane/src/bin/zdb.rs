@@ -81,6 +81,12 @@ struct Args {
     /// Clients connected at once, at most.
     #[arg(long, default_value_t = CONNECTIONS_MAX_DEFAULT, value_name = "COUNT")]
     max_connections: usize,
+    /// Threads serving clients (default: one per core).
+    #[arg(long, value_name = "COUNT")]
+    threads: Option<usize>,
+    /// Bytes of recently read values kept in memory, per namespace (0: no cache).
+    #[arg(long, default_value_t = dataplane::cache::CACHE_BYTES_DEFAULT, value_name = "BYTES")]
+    cache_size: usize,
     /// Log more (debug level). RUST_LOG overrides.
     #[arg(long, short)]
     verbose: bool,
@@ -117,6 +123,7 @@ fn main() -> anyhow::Result<()> {
     let mut config = EngineConfig::new(&args.data, &args.index);
     config.segment_bytes_max = args.datasize;
     config.durability = durability;
+    config.cache_bytes_max = args.cache_size;
     config.default_mode = match args.mode {
         ModeArg::Seq => Mode::Seq,
         ModeArg::User | ModeArg::Mixed => Mode::User,
@@ -157,7 +164,12 @@ fn main() -> anyhow::Result<()> {
         commands: Default::default(),
         listen_description,
     });
+    let threads = args
+        .threads
+        .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()))
+        .max(1);
     let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(threads)
         .enable_all()
         .thread_name("zdb-worker")
         .build()

@@ -12,7 +12,7 @@
 //! 20      8  record sequence number in its namespace (u64 LE)
 //! 28      4  previous version of this key: segment id (u32 LE, 0 = none)
 //! 32      4  previous version of this key: offset in that segment (u32 LE)
-//! 36     32  chain link: blake3(previous link || bytes 0..36 || key || value)
+//! 36     32  chain link: blake3 keyed with the previous link, over bytes 0..36, key, value
 //! 68      4  reserved, 0
 //! 72      4  header crc32 over bytes 0..72
 //! 76      4  record crc32 over bytes 0..72, key and value
@@ -85,6 +85,8 @@ pub struct NewRecord<'a> {
     pub flags: u8,
     pub key: &'a [u8],
     pub value: &'a [u8],
+    /// crc32 of `value` (the caller has it already: it is what the index keeps).
+    pub value_crc: u32,
     pub timestamp_us: u64,
     pub sequence: u64,
     pub prev_segment: u32,
@@ -111,8 +113,7 @@ pub fn encode(
     out.extend_from_slice(&record.sequence.to_le_bytes());
     out.extend_from_slice(&record.prev_segment.to_le_bytes());
     out.extend_from_slice(&record.prev_offset.to_le_bytes());
-    let mut chain = blake3::Hasher::new();
-    chain.update(prev_link);
+    let mut chain = blake3::Hasher::new_keyed(prev_link);
     chain.update(&out[start..start + 36]);
     chain.update(record.key);
     chain.update(record.value);
@@ -120,10 +121,15 @@ pub fn encode(
     out.extend_from_slice(&link);
     out.extend_from_slice(&[0u8; 4]);
     let header_crc = crc32fast::hash(&out[start..start + 72]);
+    // The record crc covers header, key and value; the value's own crc is combined in rather
+    // than computed over it a second time.
     let mut hasher = crc32fast::Hasher::new();
     hasher.update(&out[start..start + 72]);
     hasher.update(record.key);
-    hasher.update(record.value);
+    hasher.combine(&crc32fast::Hasher::new_with_initial_len(
+        record.value_crc,
+        record.value.len() as u64,
+    ));
     let record_crc = hasher.finalize();
     out.extend_from_slice(&header_crc.to_le_bytes());
     out.extend_from_slice(&record_crc.to_le_bytes());
@@ -218,8 +224,7 @@ pub fn chain_link(
     record: &[u8],
     header: &Header,
 ) -> [u8; LINK_BYTES] {
-    let mut chain = blake3::Hasher::new();
-    chain.update(prev_link);
+    let mut chain = blake3::Hasher::new_keyed(prev_link);
     chain.update(&record[..36]);
     chain.update(&record[HEADER_BYTES..header.record_bytes()]);
     *chain.finalize().as_bytes()
@@ -237,6 +242,7 @@ mod tests {
                 flags: 0,
                 key,
                 value,
+                value_crc: crc32fast::hash(value),
                 timestamp_us: 1_700_000_000_000_000,
                 sequence: 42,
                 prev_segment: 3,

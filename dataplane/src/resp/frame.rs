@@ -36,10 +36,17 @@ pub enum ProtocolError {
 }
 
 fn find_crlf(buf: &[u8], from: usize) -> Option<usize> {
-    buf.get(from..)?
-        .windows(2)
-        .position(|w| w == b"\r\n")
-        .map(|p| p + from)
+    let mut at = from;
+    loop {
+        let cr = buf.get(at..)?.iter().position(|&b| b == b'\r')? + at;
+        if buf.get(cr + 1) == Some(&b'\n') {
+            return Some(cr);
+        }
+        if cr + 1 >= buf.len() {
+            return None;
+        }
+        at = cr + 1;
+    }
 }
 
 fn parse_decimal(bytes: &[u8]) -> Option<i64> {
@@ -221,13 +228,17 @@ pub mod reply {
 
     pub fn integer(out: &mut Vec<u8>, value: i64) {
         out.push(b':');
-        out.extend_from_slice(value.to_string().as_bytes());
+        out.extend_from_slice(itoa::Buffer::new().format(value).as_bytes());
         out.extend_from_slice(b"\r\n");
     }
 
     pub fn bulk(out: &mut Vec<u8>, data: &[u8]) {
+        // One reservation, then copies: this is the hot path of every GET reply.
+        let mut digits = itoa::Buffer::new();
+        let length = digits.format(data.len()).as_bytes();
+        out.reserve(length.len() + data.len() + 5);
         out.push(b'$');
-        out.extend_from_slice(data.len().to_string().as_bytes());
+        out.extend_from_slice(length);
         out.extend_from_slice(b"\r\n");
         out.extend_from_slice(data);
         out.extend_from_slice(b"\r\n");
@@ -239,7 +250,7 @@ pub mod reply {
 
     pub fn array(out: &mut Vec<u8>, length: usize) {
         out.push(b'*');
-        out.extend_from_slice(length.to_string().as_bytes());
+        out.extend_from_slice(itoa::Buffer::new().format(length).as_bytes());
         out.extend_from_slice(b"\r\n");
     }
 }

@@ -1,0 +1,93 @@
+#!/usr/bin/env bash
+# zdb against redis-server, same machine, same run, matched durability:
+#   zdb (default: fdatasync every second)  vs  redis-server appendonly yes, appendfsync everysec
+#   zdb --sync (reply after fdatasync)      vs  redis-server appendonly yes, appendfsync always
+# redis-benchmark -c 50, SET and GET, values of 64 B and 4 KiB, pipelines of 1 and 16. SETs use
+# random keys over 100M so that they are new writes; GETs read keys written just before.
+# Each figure is the best of RUNS runs, ours and the peer's interleaved. Writes a markdown table
+# to perf/results/zdb-vs-redis-<date>.md and prints it.
+#
+# usage: perf/zdb-vs-redis.sh [RUNS (default 3)] [REQUESTS per run (default 200000)]
+# Installs redis-server and redis-tools when missing; builds zdb in release mode.
+set -euo pipefail
+runs=${1:-3}
+requests=${2:-200000}
+project=$(cd "$(dirname "$0")/.." && pwd)
+cd "$project"
+for tool in redis-server:redis-server redis-benchmark:redis-tools; do
+  command -v "${tool%%:*}" >/dev/null 2>&1 || {
+    sudo=""; [ "$(id -u)" -eq 0 ] || sudo="sudo"
+    $sudo apt-get update -qq && DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq "${tool#*:}" >/dev/null
+  }
+done
+cargo build --release --locked -p dataplane --bin zdb >/dev/null
+target=$(cargo metadata --format-version 1 --no-deps | python3 -c 'import json,sys; print(json.load(sys.stdin)["target_directory"])')
+zdb="$target/release/zdb"
+scratch=$(mktemp -d)
+pids=()
+cleanup() { for p in "${pids[@]:-}"; do kill "$p" 2>/dev/null || true; done; sleep 0.3; rm -rf "$scratch"; }
+trap cleanup EXIT
+
+free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+wait_ping() { for _ in $(seq 100); do [ "$(redis-cli -p "$1" PING 2>/dev/null)" = PONG ] && return 0; sleep 0.1; done; return 1; }
+
+start_pair() { # start_pair zdb-flags redis-appendfsync
+  zport=$(free_port); rport=$(free_port)
+  rm -rf "$scratch/z" "$scratch/r"; mkdir -p "$scratch/z" "$scratch/r"
+  "$zdb" --listen 127.0.0.1 --port "$zport" --data "$scratch/z/data" --index "$scratch/z/index" $1 >"$scratch/z.log" 2>&1 &
+  zpid=$!; pids+=("$zpid")
+  redis-server --port "$rport" --bind 127.0.0.1 --save '' --appendonly yes --appendfsync "$2" \
+    --dir "$scratch/r" --daemonize no >"$scratch/r.log" 2>&1 &
+  rpid=$!; pids+=("$rpid")
+  wait_ping "$zport" && wait_ping "$rport"
+}
+stop_pair() { kill "$zpid" "$rpid" 2>/dev/null || true; wait "$zpid" "$rpid" 2>/dev/null || true; }
+
+once() { # once PORT TEST SIZE PIPELINE KEYSPACE -> ops/s
+  redis-benchmark -p "$1" -t "$2" -n "$requests" -c 50 -P "$4" -d "$3" -r "$5" --csv 2>/dev/null |
+    tail -1 | cut -d, -f2 | tr -d '"' | cut -d. -f1
+}
+best() { local a=$1 b=$2; [ "${a:-0}" -gt "${b:-0}" ] && echo "$a" || echo "${b:-0}"; }
+
+date_tag=$(date -u +%Y-%m-%d)
+out="perf/results/zdb-vs-redis-$date_tag.md"
+mkdir -p perf/results
+{
+  echo "# zdb vs redis-server ($date_tag)"
+  echo
+  echo "Command: \`perf/zdb-vs-redis.sh $runs $requests\`; machine: $(nproc) cores, $(uname -r);"
+  echo "redis-benchmark -c 50 -n $requests, best of $runs interleaved runs each."
+  echo
+  echo "| durability | test | value | pipeline | zdb ops/s | redis ops/s | zdb/redis |"
+  echo "|---|---|---|---|---|---|---|"
+} >"$out"
+for setting in "default:everysec" "--sync:always"; do
+  zflags=${setting%%:*}; [ "$zflags" = default ] && zflags=""
+  fsync=${setting#*:}
+  label="zdb ${zflags:-default} / redis appendfsync $fsync"
+  for size in 64 4096; do
+    for pipeline in 1 16; do
+      start_pair "$zflags" "$fsync"
+      zs=0; rs=0; zg=0; rg=0
+      for _ in $(seq "$runs"); do
+        zs=$(best "$(once "$zport" set "$size" "$pipeline" 100000000)" "$zs")
+        rs=$(best "$(once "$rport" set "$size" "$pipeline" 100000000)" "$rs")
+      done
+      # Fill a small key space so that every GET below hits.
+      for p in "$zport" "$rport"; do
+        redis-benchmark -p "$p" -t set -n 200000 -c 50 -P 16 -d "$size" -r 20000 -q >/dev/null 2>&1
+      done
+      for _ in $(seq "$runs"); do
+        zg=$(best "$(once "$zport" get "$size" "$pipeline" 20000)" "$zg")
+        rg=$(best "$(once "$rport" get "$size" "$pipeline" 20000)" "$rg")
+      done
+      stop_pair
+      for row in "SET:$zs:$rs" "GET:$zg:$rg"; do
+        IFS=: read -r test z r <<<"$row"
+        ratio=$(python3 -c "print(f'{$z/$r:.2f}' if $r else 'n/a')")
+        echo "| $label | $test | $size B | $pipeline | $z | $r | $ratio |" >>"$out"
+      done
+    done
+  done
+done
+cat "$out"
