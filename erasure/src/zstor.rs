@@ -1037,6 +1037,7 @@ impl Zstor {
                             Err(_) => Err("corrupt"),
                         },
                         Ok(None) => Err("missing"),
+                        Err(StoreError::Corrupt { .. }) => Err("corrupt"),
                         Err(_) => Err("unreachable"),
                     }
                 }
