@@ -14,12 +14,12 @@ use flistfs::source::{Route, SourceConfig, StoreSource};
 /// `zos flist` subcommands.
 #[derive(Debug, clap::Subcommand)]
 pub enum FlistCommand {
-    /// Pack a directory or a tar file (plain, gzip or zstd) into an flist, uploading its
-    /// chunks to one or more stores.
+    /// Pack a directory, a tar file (plain, gzip or zstd) or an OCI image (an OCI layout
+    /// folder or a `docker save` tarball) into an flist, uploading its chunks to stores.
     ///
     /// Example: zos flist pack ./rootfs -o app.fl --store dir:///srv/chunks --tag entrypoint=/bin/app
     Pack {
-        /// A directory or a tar file.
+        /// A directory, a tar file, an OCI layout folder or a `docker save` tarball.
         source: PathBuf,
         /// The flist to write.
         #[arg(short, long)]
@@ -330,10 +330,16 @@ fn pack(
     let mut packer = flistfs::pack::Packer::new(routes, root, options)?;
     let metadata =
         std::fs::metadata(source).with_context(|| format!("reading {}", source.display()))?;
-    if metadata.is_dir() {
+    if metadata.is_dir() && flistfs::oci::is_image_directory(source) {
+        flistfs::oci::add_image_directory(&mut packer, source)
+            .with_context(|| format!("packing OCI image {}", source.display()))?;
+    } else if metadata.is_dir() {
         packer
             .add_directory(source)
             .with_context(|| format!("packing {}", source.display()))?;
+    } else if flistfs::oci::is_image_tar(source)? {
+        flistfs::oci::add_image_tar(&mut packer, source)
+            .with_context(|| format!("packing image archive {}", source.display()))?;
     } else {
         let file =
             std::fs::File::open(source).with_context(|| format!("opening {}", source.display()))?;

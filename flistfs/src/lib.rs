@@ -28,6 +28,7 @@ pub mod chunk;
 pub mod format;
 pub mod fs;
 pub mod fuse;
+pub mod oci;
 pub mod pack;
 pub mod rfs;
 pub mod source;

@@ -229,6 +229,9 @@ pub struct Packer {
     progress: ProgressBar,
     started: Instant,
     hard_links: HashMap<(u64, u64), u32>,
+    /// While applying an OCI layer: the entries this layer added (whiteouts and opaque
+    /// directories only remove what lower layers made).
+    layer_added: Option<HashSet<(u32, Vec<u8>)>>,
 }
 
 fn meta_of(metadata: &std::fs::Metadata) -> InodeMeta {
@@ -313,6 +316,7 @@ impl Packer {
             progress,
             started: Instant::now(),
             hard_links: HashMap::new(),
+            layer_added: None,
         })
     }
 
@@ -475,6 +479,16 @@ impl Packer {
         Ok(())
     }
 
+    /// Applies an OCI image layer (a tar stream, plain, gzip or zstd) on the tree:
+    /// `.wh.NAME` removes NAME of the layers below, `.wh..wh..opq` empties its directory of
+    /// what the layers below put there.
+    pub fn add_layer(&mut self, reader: impl Read) -> Result<(), PackError> {
+        self.layer_added = Some(HashSet::new());
+        let outcome = self.add_tar(reader);
+        self.layer_added = None;
+        outcome
+    }
+
     /// Adds the entries of a tar stream (plain, gzip or zstd, detected from its first
     /// bytes) to the tree. Later entries replace earlier ones of the same path.
     pub fn add_tar(&mut self, reader: impl Read) -> Result<(), PackError> {
@@ -616,6 +630,28 @@ impl Packer {
             return Ok(());
         };
         let parent = self.directory_for(parents)?;
+        if self.layer_added.is_some() {
+            if name.as_slice() == b".wh..wh..opq" {
+                let added = self.layer_added.as_ref().map(|added| {
+                    self.builder
+                        .children(parent)
+                        .into_iter()
+                        .filter(|(child, _)| !added.contains(&(parent, child.clone())))
+                        .collect::<Vec<_>>()
+                });
+                for (child, _) in added.unwrap_or_default() {
+                    self.builder.unlink(parent, &child)?;
+                }
+                return Ok(());
+            }
+            if let Some(hidden) = name.strip_prefix(b".wh.") {
+                self.builder.unlink(parent, hidden)?;
+                return Ok(());
+            }
+            if let Some(added) = self.layer_added.as_mut() {
+                added.insert((parent, name.clone()));
+            }
+        }
         let existing = self.builder.child(parent, name);
         if type_bits == mode::DIRECTORY {
             if let Some(existing) = existing {
