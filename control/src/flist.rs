@@ -125,6 +125,19 @@ pub enum FlistCommand {
         #[arg(long = "remove")]
         remove: Vec<String>,
     },
+    /// Quickstart, no configuration needed: packs a sample tree into an flist on a local
+    /// store (a dir store in a fresh work folder), mounts it, shows what is there, and
+    /// keeps it mounted until Ctrl-C. Run it from the project's folder (it packs
+    /// fixtures/trees/sample by default), as root (mounting needs it).
+    Demo {
+        /// The tree to pack.
+        #[arg(default_value = "fixtures/trees/sample")]
+        source: PathBuf,
+        /// Work folder for the store, flist, cache and mount point [default: a new one in
+        /// the temporary folder].
+        #[arg(long)]
+        workdir: Option<PathBuf>,
+    },
     /// Convert an rfs flist (.fl, SQLite) into our format. Its chunks stay where they are
     /// (the routes are kept) and are read with rfs's codec.
     Convert {
@@ -218,6 +231,7 @@ fn run_command(command: FlistCommand) -> anyhow::Result<()> {
             );
             Ok(())
         }
+        FlistCommand::Demo { source, workdir } => demo(&source, workdir),
         FlistCommand::Inspect { flist } => inspect(&flist),
         FlistCommand::Ls { flist, path } => ls(&flist, &path),
         FlistCommand::Tree { flist, path } => tree(&flist, &path),
@@ -605,5 +619,119 @@ fn tag(path: &Path, set: &[String], remove: &[String]) -> anyhow::Result<()> {
     builder
         .write_to(path)
         .with_context(|| format!("rewriting {}", path.display()))?;
+    Ok(())
+}
+
+fn is_mounted(mountpoint: &Path) -> bool {
+    let Ok(mountinfo) = std::fs::read_to_string("/proc/self/mountinfo") else {
+        return false;
+    };
+    let wanted = mountpoint.to_string_lossy();
+    mountinfo
+        .lines()
+        .any(|line| line.split(' ').nth(4) == Some(wanted.as_ref()))
+}
+
+fn show_tree(
+    root: &Path,
+    relative: &Path,
+    depth: usize,
+    out: &mut impl std::io::Write,
+) -> std::io::Result<()> {
+    let mut entries: Vec<_> = std::fs::read_dir(root.join(relative))?.collect::<Result<_, _>>()?;
+    entries.sort_by_key(|entry| entry.file_name());
+    for entry in entries {
+        let metadata = std::fs::symlink_metadata(entry.path())?;
+        let name = entry.file_name().to_string_lossy().into_owned();
+        let indent = "  ".repeat(depth);
+        if metadata.file_type().is_symlink() {
+            writeln!(
+                out,
+                "{indent}{name} -> {}",
+                std::fs::read_link(entry.path())?.display()
+            )?;
+        } else if metadata.is_dir() {
+            writeln!(out, "{indent}{name}/")?;
+            show_tree(root, &relative.join(entry.file_name()), depth + 1, out)?;
+        } else {
+            writeln!(out, "{indent}{name} ({} bytes)", metadata.len())?;
+        }
+    }
+    Ok(())
+}
+
+fn demo(source: &Path, workdir: Option<PathBuf>) -> anyhow::Result<()> {
+    if !source.is_dir() {
+        bail!(
+            "{} is not a folder: run `zos flist demo` from the project's folder, or give a tree to pack",
+            source.display()
+        );
+    }
+    let workdir = workdir.unwrap_or_else(|| {
+        std::env::temp_dir().join(format!("zos-flist-demo-{}", std::process::id()))
+    });
+    for part in ["store", "mnt", "cache"] {
+        std::fs::create_dir_all(workdir.join(part))
+            .with_context(|| format!("creating {}", workdir.display()))?;
+    }
+    let workdir = workdir
+        .canonicalize()
+        .with_context(|| format!("resolving {}", workdir.display()))?;
+    let flist = workdir.join("sample.fl");
+    let store = format!("dir://{}", workdir.join("store").display());
+    println!(
+        "1. packing {} into {} (chunks go to the local store {store})",
+        source.display(),
+        flist.display()
+    );
+    pack(
+        source,
+        &flist,
+        &[store],
+        &["readme=zos flist demo".into()],
+        flistfs::chunk::CHUNK_BYTES_DEFAULT,
+        flistfs::pack::UPLOAD_PARALLEL_DEFAULT,
+        false,
+    )?;
+    let mountpoint = workdir.join("mnt");
+    println!(
+        "2. mounting it at {} (chunks are fetched on first read)",
+        mountpoint.display()
+    );
+    let watched = mountpoint.clone();
+    std::thread::spawn(move || {
+        let started = std::time::Instant::now();
+        while !is_mounted(&watched) {
+            if started.elapsed() > Duration::from_secs(10) {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let mut out = std::io::stdout().lock();
+        use std::io::Write;
+        let _ = writeln!(out, "3. what is there:");
+        let _ = show_tree(&watched, Path::new(""), 1, &mut out);
+        if let Ok(text) = std::fs::read_to_string(watched.join("README.txt")) {
+            let _ = writeln!(out, "\n{}/README.txt says:\n{text}", watched.display());
+        }
+        let _ = writeln!(
+            out,
+            "mounted at {}; try `ls -l {0}`; press Ctrl-C (or run `zos flist umount {0}`) to unmount",
+            watched.display()
+        );
+    });
+    mount(
+        &flist,
+        &mountpoint,
+        Some(workdir.join("cache")),
+        1024,
+        &[],
+        flistfs::source::STORE_TIMEOUT_MS_DEFAULT,
+        flistfs::fuse::FUSE_THREADS_DEFAULT,
+    )?;
+    println!(
+        "unmounted; the store and flist stay in {}",
+        workdir.display()
+    );
     Ok(())
 }

@@ -136,6 +136,18 @@ impl Filesystem for FuseAdapter {
         }
     }
 
+    /// Nothing is ever buffered for writing: a close has nothing to flush.
+    fn flush(
+        &self,
+        _request: &Request,
+        _ino: INodeNo,
+        _handle: FileHandle,
+        _owner: LockOwner,
+        reply: ReplyEmpty,
+    ) {
+        reply.ok();
+    }
+
     fn opendir(&self, _request: &Request, ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
         match self.core.getattr(ino.0) {
             Ok(attr) if attr.mode & mode::TYPE_MASK == mode::DIRECTORY => reply.opened(
