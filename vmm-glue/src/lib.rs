@@ -2,6 +2,8 @@
 //!
 //! Layers, lowest first:
 //! - [`sys`]: the only raw kernel calls (io_uring, flock, signal masks).
+//! - [`io`]: the `QueueIo` trait over the io_uring ring, its synchronous fallback and a
+//!   fault injector for tests.
 //! - [`crypto`]: AES-256-XTS over 512-byte sectors, key files and the key check.
 //! - [`volume`]: volumes on disk: a raw sparse data file plus a small metadata file
 //!   (`docs/design.md`), create / open / list / resize / remove, the in-use lock.
@@ -21,5 +23,6 @@
 
 pub mod blk;
 pub mod crypto;
+pub mod io;
 pub mod sys;
 pub mod volume;

@@ -11,6 +11,8 @@ use std::os::fd::{AsRawFd, RawFd};
 use io_uring::{opcode, types, IoUring};
 use vmm_sys_util::eventfd::EventFd;
 
+use crate::io::{Operation, QueueIo};
+
 /// `fallocate` mode: deallocate the range (reads give zeros), keep the file size.
 pub const FALLOCATE_PUNCH_HOLE: i32 = libc::FALLOC_FL_PUNCH_HOLE | libc::FALLOC_FL_KEEP_SIZE;
 /// `fallocate` mode: zero the range, keep the file size.
@@ -50,19 +52,6 @@ impl IoVecs {
     }
 }
 
-/// One I/O operation on a volume file.
-#[derive(Debug)]
-pub enum Operation<'a> {
-    /// Read into the buffers at `offset`.
-    Readv { iovecs: &'a IoVecs, offset: u64 },
-    /// Write the buffers at `offset`.
-    Writev { iovecs: &'a IoVecs, offset: u64 },
-    /// fdatasync.
-    Flush,
-    /// fallocate with one of the `FALLOCATE_*` modes.
-    Fallocate { offset: u64, length: u64, mode: i32 },
-}
-
 /// An io_uring whose completions also signal an eventfd, so an epoll loop can wait on it.
 pub struct Ring {
     ring: IoUring,
@@ -92,20 +81,14 @@ impl Ring {
             unsubmitted_count: 0,
         })
     }
+}
 
-    /// The eventfd that becomes readable when completions arrive.
-    pub fn completion_fd(&self) -> RawFd {
-        self.completion_event.as_raw_fd()
+impl QueueIo for Ring {
+    fn name(&self) -> &'static str {
+        "io_uring"
     }
 
-    /// Queues one operation on `file`; it reaches the kernel at the next [`Ring::submit`] (or
-    /// earlier when the submission queue is full).
-    ///
-    /// # Safety
-    /// The buffers an `Operation::Readv`/`Writev` describes, and the `IoVecs` array itself,
-    /// must stay valid (and for reads, not be accessed otherwise) until the completion with
-    /// `user_data` has been returned by [`Ring::reap`] or [`Ring::wait_all`].
-    pub unsafe fn push(
+    unsafe fn push(
         &mut self,
         file: &File,
         operation: Operation<'_>,
@@ -148,8 +131,11 @@ impl Ring {
         }
     }
 
-    /// Hands the queued operations to the kernel.
-    pub fn submit(&mut self) -> io::Result<()> {
+    fn completion_fd(&self) -> RawFd {
+        self.completion_event.as_raw_fd()
+    }
+
+    fn submit(&mut self) -> io::Result<()> {
         if self.unsubmitted_count == 0 {
             return Ok(());
         }
@@ -169,9 +155,7 @@ impl Ring {
         }
     }
 
-    /// Moves every available completion into `out` as `(user_data, result)`, and clears
-    /// the eventfd.
-    pub fn reap(&mut self, out: &mut Vec<(u64, i32)>) {
+    fn reap(&mut self, out: &mut Vec<(u64, i32)>) {
         // A failed read only means the counter was already zero.
         let _ = self.completion_event.read();
         out.extend(
@@ -181,9 +165,7 @@ impl Ring {
         );
     }
 
-    /// Blocks until `count` more completions arrived and moves them into `out` (used to
-    /// drain the ring before its buffers are freed).
-    pub fn wait_all(&mut self, count: usize, out: &mut Vec<(u64, i32)>) -> io::Result<()> {
+    fn wait_all(&mut self, count: usize, out: &mut Vec<(u64, i32)>) -> io::Result<()> {
         let target = out.len() + count;
         while out.len() < target {
             match self.ring.submit_and_wait(1) {
@@ -194,6 +176,107 @@ impl Ring {
             self.unsubmitted_count = 0;
             self.reap(out);
         }
+        Ok(())
+    }
+}
+
+/// The fallback when io_uring cannot be set up (old kernel, seccomp, locked memory limits):
+/// each operation runs synchronously (preadv, pwritev, fdatasync, fallocate) when pushed,
+/// and its completion is reported through the same eventfd protocol as the ring.
+pub struct SyncIo {
+    completion_event: EventFd,
+    completed: Vec<(u64, i32)>,
+}
+
+impl std::fmt::Debug for SyncIo {
+    fn fmt(&self, formatter: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        formatter
+            .debug_struct("SyncIo")
+            .field("completed", &self.completed.len())
+            .finish_non_exhaustive()
+    }
+}
+
+impl SyncIo {
+    /// A synchronous executor with its completion eventfd.
+    pub fn new() -> io::Result<Self> {
+        Ok(Self {
+            completion_event: EventFd::new(libc::EFD_NONBLOCK | libc::EFD_CLOEXEC)?,
+            completed: Vec::new(),
+        })
+    }
+}
+
+fn result_code(result: isize) -> i32 {
+    if result < 0 {
+        -io::Error::last_os_error()
+            .raw_os_error()
+            .unwrap_or(libc::EIO)
+    } else {
+        i32::try_from(result).unwrap_or(i32::MAX)
+    }
+}
+
+impl QueueIo for SyncIo {
+    fn name(&self) -> &'static str {
+        "synchronous"
+    }
+
+    unsafe fn push(
+        &mut self,
+        file: &File,
+        operation: Operation<'_>,
+        user_data: u64,
+    ) -> io::Result<()> {
+        let fd = file.as_raw_fd();
+        let result = match operation {
+            Operation::Readv { iovecs, offset } => {
+                // SAFETY: the caller guarantees the iovecs describe valid, writable buffers.
+                result_code(unsafe {
+                    libc::preadv(fd, iovecs.0.as_ptr(), iovecs.0.len() as i32, offset as i64)
+                })
+            }
+            Operation::Writev { iovecs, offset } => {
+                // SAFETY: the caller guarantees the iovecs describe valid buffers.
+                result_code(unsafe {
+                    libc::pwritev(fd, iovecs.0.as_ptr(), iovecs.0.len() as i32, offset as i64)
+                })
+            }
+            Operation::Flush => match file.sync_data() {
+                Ok(()) => 0,
+                Err(error) => -error.raw_os_error().unwrap_or(libc::EIO),
+            },
+            Operation::Fallocate {
+                offset,
+                length,
+                mode,
+            } => {
+                // SAFETY: fallocate on a descriptor we own, plain integer arguments.
+                let result = unsafe { libc::fallocate(fd, mode, offset as i64, length as i64) };
+                result_code(result as isize)
+            }
+        };
+        self.completed.push((user_data, result));
+        self.completion_event.write(1)
+    }
+
+    fn completion_fd(&self) -> RawFd {
+        self.completion_event.as_raw_fd()
+    }
+
+    fn submit(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+
+    fn reap(&mut self, out: &mut Vec<(u64, i32)>) {
+        // A failed read only means the counter was already zero.
+        let _ = self.completion_event.read();
+        out.append(&mut self.completed);
+    }
+
+    fn wait_all(&mut self, count: usize, out: &mut Vec<(u64, i32)>) -> io::Result<()> {
+        let available = self.completed.len().min(count);
+        out.extend(self.completed.drain(..available));
         Ok(())
     }
 }
