@@ -22,6 +22,7 @@ use thiserror::Error;
 use tokio::sync::watch;
 
 use crate::cache::{self, ValueCache};
+use crate::log::archive;
 use crate::log::index_file::{self, Entry, Index, SnapshotMeta, ENTRY_DAMAGED};
 use crate::log::record::{
     self, NewRecord, FLAG_TOMBSTONE, HEADER_BYTES, KEY_BYTES_MAX, LINK_BYTES, VALUE_BYTES_MAX,
@@ -39,6 +40,15 @@ pub const PENDING_BYTES_MAX: usize = 64 * 1024 * 1024;
 /// a round carries many records. This is also the most a killed process can lose of what it
 /// replied to (a machine crash can lose up to the sync interval).
 pub const FLUSH_ROUND_INTERVAL_MIN: Duration = Duration::from_millis(1);
+/// New segments get ids that are multiples of this; compaction output takes the ids between
+/// the last segment it compacts and the next multiple.
+pub const SEGMENT_ID_STRIDE: u32 = 1024;
+/// Compaction starts by itself when at least this share of a namespace's log is garbage...
+pub const COMPACT_GARBAGE_RATIO_DEFAULT: f64 = 0.5;
+/// ...and the log is at least this large.
+pub const COMPACT_LOG_BYTES_MIN: u64 = 64 * 1024 * 1024;
+/// Index entries switched to their compacted copy per lock hold (bounds the pause).
+const COMPACT_SWITCH_BATCH: usize = 4096;
 /// Damaged records remembered per namespace for INFO and logs (all are counted).
 pub const DAMAGE_REPORTS_MAX: usize = 1000;
 /// A namespace name is at most this long and uses only `[A-Za-z0-9._-]`.
@@ -49,6 +59,7 @@ pub const SNAPSHOT_INTERVAL_DEFAULT: Duration = Duration::from_secs(60);
 pub const DEFAULT_NAMESPACE: &str = "default";
 
 const SETTINGS_FILE: &str = "namespace.conf";
+const COMPACT_TEMPORARY_EXTENSION: &str = "compacting";
 const SNAPSHOT_FILE: &str = "index.zdx";
 
 /// When an acknowledged write is on disk.
@@ -92,6 +103,8 @@ pub struct EngineConfig {
     pub pending_bytes_max: usize,
     /// Bytes of recently used values each namespace keeps in memory (0: none).
     pub cache_bytes_max: usize,
+    /// Share of garbage in a namespace's log past which it is compacted by itself (0: never).
+    pub compact_garbage_ratio: f64,
 }
 
 impl EngineConfig {
@@ -105,6 +118,7 @@ impl EngineConfig {
             snapshot_interval: SNAPSHOT_INTERVAL_DEFAULT,
             pending_bytes_max: PENDING_BYTES_MAX,
             cache_bytes_max: cache::CACHE_BYTES_DEFAULT,
+            compact_garbage_ratio: COMPACT_GARBAGE_RATIO_DEFAULT,
         }
     }
 }
@@ -282,6 +296,43 @@ pub struct HistoryItem {
     pub value: Option<Vec<u8>>,
 }
 
+/// What a compaction did.
+#[derive(Debug, Clone, Default)]
+pub struct CompactionReport {
+    pub segments_before: usize,
+    pub segments_after: usize,
+    pub log_bytes_before: u64,
+    pub log_bytes_after: u64,
+    pub records_carried: u64,
+    pub records_dropped: u64,
+    /// The longest time the namespace lock was held by the compaction (writers wait that long).
+    pub pause_max_us: u64,
+    pub elapsed_ms: u64,
+}
+
+/// The result of VERIFY when something does not check.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct VerifyFailure {
+    pub segment: Option<u32>,
+    pub offset: Option<u64>,
+    pub sequence: Option<u64>,
+    pub detail: String,
+}
+
+impl std::fmt::Display for VerifyFailure {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match (self.segment, self.offset, self.sequence) {
+            (Some(segment), Some(offset), _) => write!(
+                f,
+                "record at segment {segment}, offset {offset}: {}",
+                self.detail
+            ),
+            (_, _, Some(sequence)) => write!(f, "record {sequence}: {}", self.detail),
+            _ => f.write_str(&self.detail),
+        }
+    }
+}
+
 /// Statistics of a namespace for NSINFO and INFO.
 #[derive(Debug, Clone)]
 pub struct NamespaceInfo {
@@ -295,6 +346,7 @@ pub struct NamespaceInfo {
     pub record_count: u64,
     pub chain_head: [u8; LINK_BYTES],
     pub settings: Settings,
+    pub last_compaction: Option<CompactionReport>,
 }
 
 fn now_us() -> u64 {
@@ -357,6 +409,8 @@ struct NsState {
     damaged_total: u64,
     changed_since_snapshot: bool,
     snapshot_due: bool,
+    compacting: bool,
+    last_compaction: Option<CompactionReport>,
     last_snapshot: Instant,
     deleted: bool,
 }
@@ -368,6 +422,8 @@ pub struct Namespace {
     data_dir: PathBuf,
     index_dir: PathBuf,
     state: Mutex<NsState>,
+    /// Held while the index snapshot is written: the flusher and compaction both write it.
+    snapshot_writer: Mutex<()>,
 }
 
 /// Durability progress, published by the flusher.
@@ -402,6 +458,8 @@ pub struct Engine {
     /// Set with `failure`, read without a lock on every write.
     failed: AtomicBool,
     flusher: Mutex<Option<JoinHandle<()>>>,
+    /// One automatic compaction at a time, server-wide.
+    compaction_running: Arc<AtomicBool>,
 }
 
 fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -435,6 +493,7 @@ impl Engine {
             failure: Mutex::new(None),
             failed: AtomicBool::new(false),
             flusher: Mutex::new(None),
+            compaction_running: Arc::new(AtomicBool::new(false)),
         });
         let mut names = Vec::new();
         for entry in std::fs::read_dir(&engine.config.data_dir)? {
@@ -607,6 +666,7 @@ impl Engine {
             data_dir,
             index_dir,
             state: Mutex::new(state),
+            snapshot_writer: Mutex::new(()),
         })
     }
 
@@ -815,7 +875,16 @@ impl Engine {
 
     /// Opens the next segment file and queues its header.
     fn start_segment(&self, state: &mut NsState, namespace: &Namespace) -> Result<()> {
-        let segment_id = state.active_segment + 1;
+        // New segments take the next multiple of the stride; the ids in between are for the
+        // output of compactions, which must replay after what they compacted and before
+        // anything written later.
+        let highest = state
+            .files
+            .keys()
+            .next_back()
+            .copied()
+            .unwrap_or(state.active_segment);
+        let segment_id = (highest / SEGMENT_ID_STRIDE + 1) * SEGMENT_ID_STRIDE;
         let path = segment::path(&namespace.data_dir, segment_id);
         let file = File::options()
             .read(true)
@@ -1233,7 +1302,10 @@ impl Engine {
         if &bytes[HEADER_BYTES..HEADER_BYTES + header.key_len as usize] != key {
             return Err(EngineError::InvalidCursor);
         }
-        let previous = (header.prev_segment != 0).then(|| {
+        let previous_exists = lock(&namespace.state)
+            .files
+            .contains_key(&header.prev_segment);
+        let previous = (header.prev_segment != 0 && previous_exists).then(|| {
             Location {
                 segment: header.prev_segment,
                 offset: header.prev_offset as u64,
@@ -1263,6 +1335,7 @@ impl Engine {
             std::fs::remove_file(segment::path(&namespace.data_dir, *segment_id))?;
         }
         let _ = std::fs::remove_file(namespace.index_dir.join(SNAPSHOT_FILE));
+        let _ = std::fs::remove_file(namespace.data_dir.join(archive::FILE_NAME));
         let settings = state.settings.clone();
         let deleted = state.deleted;
         *state = empty_state(settings, self.config.cache_bytes_max);
@@ -1333,12 +1406,602 @@ impl Engine {
             record_count: state.record_count,
             chain_head: state.chain_head,
             settings: state.settings.clone(),
+            last_compaction: state.last_compaction.clone(),
         }
     }
 
     /// Damaged records found so far in a namespace.
     pub fn damage(&self, namespace: &Namespace) -> Vec<Damage> {
         lock(&namespace.state).damaged.clone()
+    }
+
+    /// Writes everything pending for the namespace now and fdatasyncs all of its segments, so
+    /// that its files hold every record acknowledged so far. Holds the namespace lock while it
+    /// writes (a bounded pause); returns the chain head and record count at that point.
+    fn flush_now(&self, namespace: &Namespace) -> Result<([u8; LINK_BYTES], u64)> {
+        loop {
+            let mut state = lock(&namespace.state);
+            if !state.inflight.is_empty() {
+                // The flusher is writing some of our records: let it finish first.
+                drop(state);
+                std::thread::sleep(Duration::from_micros(200));
+                continue;
+            }
+            let pending = std::mem::take(&mut state.pending);
+            let mut written = 0usize;
+            let files: Vec<Arc<File>> = state.files.values().cloned().collect();
+            let mut writes = Vec::with_capacity(pending.len());
+            for chunk in &pending {
+                if let Some(file) = state.files.get(&chunk.segment) {
+                    writes.push((Arc::clone(file), chunk.offset, &chunk.data));
+                    written += chunk.data.len();
+                }
+            }
+            let requests: Vec<WriteRequest<'_>> = writes
+                .iter()
+                .map(|(file, offset, data)| WriteRequest {
+                    file,
+                    offset: *offset,
+                    data,
+                })
+                .collect();
+            let sync: Vec<&File> = files.iter().map(|f| f.as_ref()).collect();
+            if let Err(error) = self.io.write_batch(&requests, &sync) {
+                tracing::error!(%error, "write to disk failed: refusing writes from now on");
+                *lock(&self.failure) = Some(error.to_string());
+                self.failed.store(true, Ordering::Release);
+                return Err(error.into());
+            }
+            state.pending_bytes = state.pending_bytes.saturating_sub(written);
+            return Ok((state.chain_head, state.next_sequence));
+        }
+    }
+
+    /// The chain head of a namespace and the number of records it covers (CHAIN).
+    pub fn chain(&self, namespace: &Namespace) -> Result<([u8; LINK_BYTES], u64)> {
+        let state = lock(&namespace.state);
+        state.readable()?;
+        Ok((state.chain_head, state.next_sequence))
+    }
+
+    /// Every record's digest in sequence order, from the segments and the chain archive, each
+    /// with the link stored in the record when it is still on disk. Checks every record's
+    /// checksums on the way. `up_to` is the record count to stop at.
+    #[allow(clippy::type_complexity)]
+    fn collect_chain(
+        &self,
+        namespace: &Namespace,
+        up_to: u64,
+    ) -> std::result::Result<
+        Vec<([u8; LINK_BYTES], Option<([u8; LINK_BYTES], u32, u64)>)>,
+        VerifyFailure,
+    > {
+        let failure = |segment: Option<u32>,
+                       offset: Option<u64>,
+                       sequence: Option<u64>,
+                       detail: String| VerifyFailure {
+            segment,
+            offset,
+            sequence,
+            detail,
+        };
+        let files: Vec<(u32, Arc<File>, u64)> = {
+            let state = lock(&namespace.state);
+            state
+                .files
+                .iter()
+                .map(|(id, file)| {
+                    let end = if *id == state.active_segment {
+                        state.append_offset
+                    } else {
+                        u64::MAX
+                    };
+                    (*id, Arc::clone(file), end)
+                })
+                .collect()
+        };
+        let mut slots: Vec<Option<([u8; LINK_BYTES], Option<([u8; LINK_BYTES], u32, u64)>)>> =
+            vec![None; up_to as usize];
+        let mut first_error: Option<VerifyFailure> = None;
+        for (segment_id, file, flushed_end) in &files {
+            let mut header = [0u8; SEGMENT_HEADER_BYTES];
+            if self.io.read_exact_at(file, 0, &mut header).is_err()
+                || segment::decode_header(&header) != Ok(*segment_id)
+            {
+                return Err(failure(
+                    Some(*segment_id),
+                    Some(0),
+                    None,
+                    "segment header does not check".into(),
+                ));
+            }
+            let scanned = segment::scan(
+                &*self.io,
+                file,
+                SEGMENT_HEADER_BYTES as u64,
+                true,
+                |event| match event {
+                    ScanEvent::Record {
+                        offset,
+                        header,
+                        bytes,
+                    } => {
+                        if header.sequence >= up_to {
+                            return;
+                        }
+                        let digest = record::digest(bytes, &header);
+                        let slot = &mut slots[header.sequence as usize];
+                        match slot {
+                            Some((known, _)) if *known != digest => {
+                                first_error.get_or_insert(failure(
+                                    Some(*segment_id),
+                                    Some(offset),
+                                    Some(header.sequence),
+                                    "two different records carry this sequence number".into(),
+                                ));
+                            }
+                            _ => *slot = Some((digest, Some((header.link, *segment_id, offset)))),
+                        }
+                    }
+                    ScanEvent::Damaged { offset, error, .. } => {
+                        first_error.get_or_insert(failure(
+                            Some(*segment_id),
+                            Some(offset),
+                            None,
+                            error.to_string(),
+                        ));
+                    }
+                },
+            );
+            match scanned {
+                Err(error) => {
+                    return Err(failure(Some(*segment_id), None, None, error.to_string()))
+                }
+                // Bad bytes after the last valid record: in the active segment past the point
+                // flushed above, that is a write in progress; anywhere else it is damage.
+                Ok(end) => {
+                    if let Some(error) = end.torn {
+                        if end.valid_end < *flushed_end {
+                            first_error.get_or_insert(failure(
+                                Some(*segment_id),
+                                Some(end.valid_end),
+                                None,
+                                error.to_string(),
+                            ));
+                        }
+                    }
+                }
+            }
+            if first_error.is_some() {
+                break;
+            }
+        }
+        if let Some(error) = first_error {
+            return Err(error);
+        }
+        let archived = archive::read(&namespace.data_dir)
+            .map_err(|detail| failure(None, None, None, detail))?;
+        for (sequence, digest) in archived {
+            if sequence >= up_to {
+                continue;
+            }
+            let slot = &mut slots[sequence as usize];
+            match slot {
+                Some((known, _)) if *known != digest => {
+                    return Err(failure(
+                        None,
+                        None,
+                        Some(sequence),
+                        "the chain archive disagrees with the record on disk".into(),
+                    ))
+                }
+                Some(_) => {}
+                None => *slot = Some((digest, None)),
+            }
+        }
+        slots
+            .into_iter()
+            .enumerate()
+            .map(|(sequence, slot)| {
+                slot.ok_or_else(|| {
+                    failure(
+                        None,
+                        None,
+                        Some(sequence as u64),
+                        "missing from the segments and the chain archive".into(),
+                    )
+                })
+            })
+            .collect()
+    }
+
+    /// Re-reads the whole namespace: every record's checksums, and every link of the hash
+    /// chain from the first record to the head (VERIFY). Returns the head and the count.
+    pub fn verify(
+        &self,
+        namespace: &Namespace,
+    ) -> std::result::Result<([u8; LINK_BYTES], u64), VerifyFailure> {
+        let (head, count) = self.flush_now(namespace).map_err(|e| VerifyFailure {
+            segment: None,
+            offset: None,
+            sequence: None,
+            detail: e.to_string(),
+        })?;
+        let chain = self.collect_chain(namespace, count)?;
+        let mut link = [0u8; LINK_BYTES];
+        for (sequence, (digest, stored)) in chain.iter().enumerate() {
+            link = record::link_from(&link, digest);
+            if let Some((stored_link, segment, offset)) = stored {
+                if *stored_link != link {
+                    return Err(VerifyFailure {
+                        segment: Some(*segment),
+                        offset: Some(*offset),
+                        sequence: Some(sequence as u64),
+                        detail: "chain link does not follow from the records before it".into(),
+                    });
+                }
+            }
+        }
+        if link != head {
+            return Err(VerifyFailure {
+                segment: None,
+                offset: None,
+                sequence: Some(count),
+                detail: "the chain does not end at the namespace's head".into(),
+            });
+        }
+        Ok((head, count))
+    }
+
+    /// Digests of records `from..from + count` (CHAIN ... PROOF), with which a client that
+    /// holds the head after `from` records recomputes every later link up to the current head.
+    pub fn chain_digests(
+        &self,
+        namespace: &Namespace,
+        from: u64,
+        count: u64,
+    ) -> std::result::Result<Vec<[u8; LINK_BYTES]>, VerifyFailure> {
+        let (_, total) = self.flush_now(namespace).map_err(|e| VerifyFailure {
+            segment: None,
+            offset: None,
+            sequence: None,
+            detail: e.to_string(),
+        })?;
+        let end = from.saturating_add(count).min(total);
+        let chain = self.collect_chain(namespace, end)?;
+        Ok(chain
+            .into_iter()
+            .skip(from as usize)
+            .map(|(digest, _)| digest)
+            .collect())
+    }
+
+    /// Rewrites the live records of every sealed segment into new segments and frees the old
+    /// ones, while reads and writes go on (COMPACT). Records are copied byte for byte, so their
+    /// sequence numbers and chain links stay; the digests of the records left behind go to the
+    /// chain archive first, so VERIFY and chain proofs keep working.
+    pub fn compact(&self, namespace: &Namespace) -> Result<CompactionReport> {
+        let started = Instant::now();
+        let mut pause_max = Duration::ZERO;
+        // Seal the active segment so that everything written so far can be compacted.
+        let (inputs, output_first, output_last, segments_before, log_bytes_before) = {
+            let mut state = lock(&namespace.state);
+            let held = Instant::now();
+            state.writable()?;
+            if state.compacting {
+                return Err(EngineError::Failed(
+                    "a compaction of this namespace is already running".into(),
+                ));
+            }
+            if state.damaged_total > 0 {
+                return Err(EngineError::Corrupt {
+                    segment: 0,
+                    offset: 0,
+                    detail:
+                        "the namespace has damaged records; compaction would hide them (see INFO)"
+                            .into(),
+                });
+            }
+            if state.append_offset > SEGMENT_HEADER_BYTES as u64 {
+                self.start_segment(&mut state, namespace)?;
+            }
+            let inputs: Vec<u32> = state
+                .files
+                .keys()
+                .copied()
+                .filter(|id| *id < state.active_segment)
+                .collect();
+            state.compacting = !inputs.is_empty();
+            let last_input = inputs.last().copied().unwrap_or(0);
+            let report = (
+                inputs,
+                last_input + 1,
+                state.active_segment - 1,
+                state.files.len(),
+                state.log_bytes,
+            );
+            pause_max = pause_max.max(held.elapsed());
+            report
+        };
+        if inputs.is_empty() {
+            return Ok(CompactionReport {
+                segments_before,
+                segments_after: segments_before,
+                log_bytes_before,
+                log_bytes_after: log_bytes_before,
+                ..Default::default()
+            });
+        }
+        let result = self.compact_inputs(
+            namespace,
+            &inputs,
+            output_first,
+            output_last,
+            &mut pause_max,
+        );
+        let mut state = lock(&namespace.state);
+        state.compacting = false;
+        let (carried, dropped) = result?;
+        let report = CompactionReport {
+            segments_before,
+            segments_after: state.files.len(),
+            log_bytes_before,
+            log_bytes_after: state.log_bytes,
+            records_carried: carried,
+            records_dropped: dropped,
+            pause_max_us: pause_max.as_micros() as u64,
+            elapsed_ms: started.elapsed().as_millis() as u64,
+        };
+        state.last_compaction = Some(report.clone());
+        drop(state);
+        tracing::info!(
+            namespace = namespace.name,
+            before_bytes = report.log_bytes_before,
+            after_bytes = report.log_bytes_after,
+            carried = report.records_carried,
+            dropped = report.records_dropped,
+            pause_max_us = report.pause_max_us,
+            elapsed_ms = report.elapsed_ms,
+            "compaction done"
+        );
+        Ok(report)
+    }
+
+    fn compact_inputs(
+        &self,
+        namespace: &Namespace,
+        inputs: &[u32],
+        output_first: u32,
+        output_last: u32,
+        pause_max: &mut Duration,
+    ) -> Result<(u64, u64)> {
+        // Everything in the inputs must be on disk before it is read back.
+        let flush_started = Instant::now();
+        self.flush_now(namespace)?;
+        *pause_max = (*pause_max).max(flush_started.elapsed());
+        let limit = self.config.segment_bytes_max.min(SEGMENT_BYTES_MAX);
+        let mut outputs: Vec<(u32, Vec<u8>)> = Vec::new();
+        let mut moves: Vec<(Box<[u8]>, Location, Location)> = Vec::new();
+        let mut dropped: Vec<(u64, [u8; LINK_BYTES])> = Vec::new();
+        for &segment_id in inputs {
+            let Some(file) = lock(&namespace.state).files.get(&segment_id).cloned() else {
+                continue;
+            };
+            let mut damage = None;
+            segment::scan(
+                &*self.io,
+                &file,
+                SEGMENT_HEADER_BYTES as u64,
+                false,
+                |event| match event {
+                    ScanEvent::Record {
+                        offset,
+                        header,
+                        bytes,
+                    } => {
+                        let key = &bytes[HEADER_BYTES..HEADER_BYTES + header.key_len as usize];
+                        let live = !header.is_tombstone()
+                            && lock(&namespace.state).index.get(key).is_some_and(|e| {
+                                e.segment == segment_id && e.offset as u64 == offset
+                            });
+                        if !live {
+                            dropped.push((header.sequence, record::digest(bytes, &header)));
+                            return;
+                        }
+                        let record_bytes = header.record_bytes() as u64;
+                        let needs_new = match outputs.last() {
+                            None => true,
+                            Some((_, data)) => {
+                                data.len() as u64 + record_bytes > limit
+                                    && data.len() > SEGMENT_HEADER_BYTES
+                            }
+                        };
+                        if needs_new {
+                            let id = outputs.last().map(|(id, _)| id + 1).unwrap_or(output_first);
+                            outputs.push((id, segment::encode_header(id, now_us()).to_vec()));
+                        }
+                        if let Some((id, data)) = outputs.last_mut() {
+                            let new_offset = data.len() as u64;
+                            data.extend_from_slice(bytes);
+                            moves.push((
+                                key.into(),
+                                Location {
+                                    segment: segment_id,
+                                    offset,
+                                },
+                                Location {
+                                    segment: *id,
+                                    offset: new_offset,
+                                },
+                            ));
+                        }
+                    }
+                    ScanEvent::Damaged { offset, error, .. } => {
+                        damage.get_or_insert(EngineError::Corrupt {
+                            segment: segment_id,
+                            offset,
+                            detail: error.to_string(),
+                        });
+                    }
+                },
+            )?;
+            if let Some(error) = damage {
+                return Err(error);
+            }
+        }
+        if outputs.last().is_some_and(|(id, _)| *id > output_last) {
+            return Err(EngineError::Failed(format!(
+                "compaction needs more segment ids than are free below segment {}; write more, then compact again",
+                output_last + 1
+            )));
+        }
+        // Outputs: written under a temporary name, synced, then renamed into place.
+        let mut new_files = Vec::with_capacity(outputs.len());
+        for (id, data) in &outputs {
+            let final_path = segment::path(&namespace.data_dir, *id);
+            let temporary = final_path.with_extension(COMPACT_TEMPORARY_EXTENSION);
+            let file = File::options()
+                .read(true)
+                .write(true)
+                .create(true)
+                .truncate(true)
+                .open(&temporary)?;
+            self.io.write_batch(
+                &[WriteRequest {
+                    file: &file,
+                    offset: 0,
+                    data,
+                }],
+                &[&file],
+            )?;
+            std::fs::rename(&temporary, &final_path)?;
+            new_files.push((*id, Arc::new(file), data.len() as u64));
+        }
+        sync_dir(&namespace.data_dir)?;
+        // The digests of what is left behind, durable before anything is removed.
+        dropped.sort_unstable_by_key(|(sequence, _)| *sequence);
+        archive::append(&namespace.data_dir, &dropped)?;
+        {
+            let held = Instant::now();
+            let mut state = lock(&namespace.state);
+            for (id, file, length) in &new_files {
+                state.files.insert(*id, Arc::clone(file));
+                state.log_bytes += length;
+            }
+            *pause_max = (*pause_max).max(held.elapsed());
+        }
+        // Point the index at the copies, a batch per lock hold; a key written meanwhile keeps
+        // its newer record (its copy is garbage for the next compaction).
+        for batch in moves.chunks(COMPACT_SWITCH_BATCH) {
+            let held = Instant::now();
+            let mut state = lock(&namespace.state);
+            for (key, from, to) in batch {
+                if let Some(entry) = state.index.get_mut(key) {
+                    if entry.segment == from.segment && entry.offset as u64 == from.offset {
+                        entry.segment = to.segment;
+                        entry.offset = to.offset as u32;
+                    }
+                }
+            }
+            *pause_max = (*pause_max).max(held.elapsed());
+        }
+        // A snapshot that no longer names the inputs, then the inputs go; no other snapshot
+        // (cloned from an older index) can be written in between.
+        let writer = lock(&namespace.snapshot_writer);
+        let held = Instant::now();
+        self.flush_now(namespace)?;
+        self.write_snapshot(namespace)?;
+        *pause_max = (*pause_max).max(held.elapsed());
+        let held = Instant::now();
+        let mut state = lock(&namespace.state);
+        for segment_id in inputs {
+            if let Some(file) = state.files.remove(segment_id) {
+                state.log_bytes = state
+                    .log_bytes
+                    .saturating_sub(file.metadata().map(|m| m.len()).unwrap_or(0));
+            }
+            state.cache.clear();
+            std::fs::remove_file(segment::path(&namespace.data_dir, *segment_id))?;
+        }
+        *pause_max = (*pause_max).max(held.elapsed());
+        drop(state);
+        drop(writer);
+        sync_dir(&namespace.data_dir)?;
+        Ok((moves.len() as u64, dropped.len() as u64))
+    }
+
+    /// Writes the namespace's index snapshot now; the caller holds `snapshot_writer`.
+    fn write_snapshot(&self, namespace: &Namespace) -> Result<()> {
+        let state = lock(&namespace.state);
+        if !state.pending.is_empty() || !state.inflight.is_empty() {
+            // Records appended since the caller flushed: the snapshot must only cover what is
+            // on disk.
+            drop(state);
+            self.flush_now(namespace)?;
+            return self.write_snapshot(namespace);
+        }
+        let meta = SnapshotMeta {
+            covered_segment: state.active_segment,
+            covered_offset: state.append_offset,
+            next_sequence: state.next_sequence,
+            next_id: state.next_id,
+            chain_head: state.chain_head,
+            record_count: state.record_count,
+        };
+        let index = state.index.clone();
+        drop(state);
+        index_file::write(&namespace.index_dir.join(SNAPSHOT_FILE), &meta, &index)
+            .map_err(|e| EngineError::Failed(format!("index snapshot: {e}")))?;
+        let mut state = lock(&namespace.state);
+        state.snapshot_due = false;
+        state.last_snapshot = Instant::now();
+        Ok(())
+    }
+
+    /// Starts, in a thread of its own, the compaction of the first namespace that wants one,
+    /// unless one is running already.
+    fn start_automatic_compaction(self: &Arc<Self>, namespaces: &[Arc<Namespace>]) {
+        let Some(namespace) = namespaces
+            .iter()
+            .find(|n| self.wants_compaction(n))
+            .cloned()
+        else {
+            return;
+        };
+        if self.compaction_running.swap(true, Ordering::AcqRel) {
+            return;
+        }
+        let engine = Arc::clone(self);
+        let spawned = std::thread::Builder::new().name("zdb-compact".into()).spawn(move || {
+            tracing::info!(namespace = namespace.name, "garbage over the threshold: compacting");
+            if let Err(error) = engine.compact(&namespace) {
+                tracing::warn!(namespace = namespace.name, %error, "automatic compaction failed");
+            }
+            engine.compaction_running.store(false, Ordering::Release);
+        });
+        if spawned.is_err() {
+            self.compaction_running.store(false, Ordering::Release);
+        }
+    }
+
+    /// Whether a namespace has enough garbage to be compacted by itself.
+    fn wants_compaction(&self, namespace: &Namespace) -> bool {
+        let ratio = self.config.compact_garbage_ratio;
+        if ratio <= 0.0 {
+            return false;
+        }
+        let state = lock(&namespace.state);
+        if state.compacting
+            || state.damaged_total > 0
+            || state.deleted
+            || state.log_bytes < COMPACT_LOG_BYTES_MIN
+        {
+            return false;
+        }
+        // Live bytes estimated with a 16-byte key per entry: close enough to decide.
+        let live = state.live_bytes + state.index.len() as u64 * (HEADER_BYTES as u64 + 16);
+        let garbage = state.log_bytes.saturating_sub(live) as f64 / state.log_bytes as f64;
+        garbage >= ratio
     }
 
     /// Flushes everything, syncs, writes index snapshots and stops the flusher.
@@ -1484,6 +2147,9 @@ impl Engine {
                     if sync_now || shutdown {
                         self.snapshots(&namespaces, shutdown);
                     }
+                    if sync_now && !shutdown {
+                        self.start_automatic_compaction(&namespaces);
+                    }
                 }
                 Err(error) => {
                     tracing::error!(%error, "write to disk failed: refusing writes from now on");
@@ -1513,6 +2179,10 @@ impl Engine {
     /// the covered point is durable; namespaces with records still pending are left for later.
     fn snapshots(&self, namespaces: &[Arc<Namespace>], force: bool) {
         for namespace in namespaces {
+            // A compaction writing the snapshot itself: leave it to it (never block the flusher).
+            let Ok(_writer) = namespace.snapshot_writer.try_lock() else {
+                continue;
+            };
             let state = lock(&namespace.state);
             let due = state.changed_since_snapshot
                 && (force
@@ -1637,6 +2307,8 @@ fn empty_state(settings: Settings, cache_bytes_max: usize) -> NsState {
         damaged_total: 0,
         changed_since_snapshot: false,
         snapshot_due: false,
+        compacting: false,
+        last_compaction: None,
         last_snapshot: Instant::now(),
         deleted: false,
     }
@@ -1665,6 +2337,17 @@ fn recover(
     cache_bytes_max: usize,
 ) -> Result<NsState> {
     let mut state = empty_state(settings, cache_bytes_max);
+    // Output of a compaction that was interrupted before it finished writing: never used.
+    for entry in std::fs::read_dir(data_dir)? {
+        let path = entry?.path();
+        if path
+            .extension()
+            .is_some_and(|e| e == COMPACT_TEMPORARY_EXTENSION)
+        {
+            tracing::warn!(namespace = name, file = %path.display(), "removing unfinished compaction output");
+            std::fs::remove_file(&path)?;
+        }
+    }
     let mut segment_ids = segment::list(data_dir)?;
     if segment_ids.is_empty() {
         let file = File::options()
@@ -1692,7 +2375,12 @@ fn recover(
         state.files.insert(segment_id, Arc::new(file));
     }
     let snapshot = match index_file::read(&index_dir.join(SNAPSHOT_FILE)) {
-        Ok(Some((meta, index))) if state.files.contains_key(&meta.covered_segment) => {
+        Ok(Some((meta, index)))
+            if state.files.contains_key(&meta.covered_segment)
+                && index
+                    .values()
+                    .all(|entry| state.files.contains_key(&entry.segment)) =>
+        {
             Some((meta, index))
         }
         Ok(Some(_)) => {

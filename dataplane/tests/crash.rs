@@ -57,8 +57,35 @@ fn sigkill_under_sync_loses_no_acknowledged_write() {
                 }
             }));
         }
+        // Every other round, compactions run while the writers write, and the kill may land
+        // inside one.
+        let compactor = (round % 2 == 1).then(|| {
+            std::thread::spawn(move || {
+                let Ok(client) = redis::Client::open(format!("redis://127.0.0.1:{port}/")) else {
+                    return 0;
+                };
+                let Ok(mut con) = client.get_connection() else {
+                    return 0;
+                };
+                let mut compactions = 0;
+                while redis::cmd("COMPACT")
+                    .arg("default")
+                    .query::<String>(&mut con)
+                    .is_ok()
+                {
+                    compactions += 1;
+                }
+                compactions
+            })
+        });
         std::thread::sleep(Duration::from_millis(rng.gen_range(100..700)));
         zdb.kill9();
+        if let Some(compactor) = compactor {
+            eprintln!(
+                "round {round}: {} compactions before the kill",
+                compactor.join().unwrap()
+            );
+        }
         for writer in writers {
             writer.join().unwrap();
         }
@@ -80,7 +107,36 @@ fn sigkill_under_sync_loses_no_acknowledged_write() {
             let check: i64 = redis::cmd("CHECK").arg(key).query(&mut con).unwrap();
             assert_eq!(check, 1, "seed {seed}: CHECK failed for {key}");
         }
-        eprintln!("round {round}: {} acknowledged keys intact", expected.len());
+        let verify: String = redis::cmd("VERIFY")
+            .arg("default")
+            .query(&mut con)
+            .unwrap_or_else(|e| panic!("seed {seed} round {round}: VERIFY after SIGKILL: {e}"));
+        assert_eq!(verify, "OK");
+        eprintln!(
+            "round {round}: {} acknowledged keys intact, VERIFY OK",
+            expected.len()
+        );
     }
+    // The space taken by overwritten values comes back.
+    let data = dir.path().join("data").join("default");
+    let size = |dir: &std::path::Path| -> u64 {
+        std::fs::read_dir(dir)
+            .unwrap()
+            .map(|e| e.unwrap().metadata().unwrap().len())
+            .sum()
+    };
+    let before = size(&data);
+    let mut con = zdb.connection();
+    let _: String = redis::cmd("COMPACT")
+        .arg("default")
+        .query(&mut con)
+        .unwrap();
+    let after = size(&data);
+    assert!(
+        after < before,
+        "seed {seed}: COMPACT did not reclaim space ({before} -> {after} bytes)"
+    );
+    let verify: String = redis::cmd("VERIFY").arg("default").query(&mut con).unwrap();
+    assert_eq!(verify, "OK");
     zdb.stop();
 }

@@ -12,7 +12,8 @@
 //! 20      8  record sequence number in its namespace (u64 LE)
 //! 28      4  previous version of this key: segment id (u32 LE, 0 = none)
 //! 32      4  previous version of this key: offset in that segment (u32 LE)
-//! 36     32  chain link: blake3 keyed with the previous link, over bytes 0..36, key, value
+//! 36     32  chain link: blake3 keyed with the previous link, over the record's digest,
+//!            the digest being blake3 over bytes 0..36, key and value
 //! 68      4  reserved, 0
 //! 72      4  header crc32 over bytes 0..72
 //! 76      4  record crc32 over bytes 0..72, key and value
@@ -113,11 +114,11 @@ pub fn encode(
     out.extend_from_slice(&record.sequence.to_le_bytes());
     out.extend_from_slice(&record.prev_segment.to_le_bytes());
     out.extend_from_slice(&record.prev_offset.to_le_bytes());
-    let mut chain = blake3::Hasher::new_keyed(prev_link);
-    chain.update(&out[start..start + 36]);
-    chain.update(record.key);
-    chain.update(record.value);
-    let link: [u8; LINK_BYTES] = *chain.finalize().as_bytes();
+    let mut content = blake3::Hasher::new();
+    content.update(&out[start..start + 36]);
+    content.update(record.key);
+    content.update(record.value);
+    let link = link_from(prev_link, content.finalize().as_bytes());
     out.extend_from_slice(&link);
     out.extend_from_slice(&[0u8; 4]);
     let header_crc = crc32fast::hash(&out[start..start + 72]);
@@ -218,16 +219,28 @@ pub fn verify(bytes: &[u8]) -> Result<Header, RecordError> {
     Ok(header)
 }
 
+/// The digest of a verified record: blake3 over header bytes 0..36, key and value. The chain
+/// links digests, so a record's place in the chain can be proven with its digest alone, and
+/// the digests of records that compaction drops are kept (see `docs/design.md`).
+pub fn digest(record: &[u8], header: &Header) -> [u8; LINK_BYTES] {
+    let mut content = blake3::Hasher::new();
+    content.update(&record[..36]);
+    content.update(&record[HEADER_BYTES..header.record_bytes()]);
+    *content.finalize().as_bytes()
+}
+
+/// The next link of a chain: blake3 keyed with the previous link, over the record's digest.
+pub fn link_from(prev_link: &[u8; LINK_BYTES], digest: &[u8; LINK_BYTES]) -> [u8; LINK_BYTES] {
+    *blake3::keyed_hash(prev_link, digest).as_bytes()
+}
+
 /// Recomputes the chain link of a verified record from the previous link.
 pub fn chain_link(
     prev_link: &[u8; LINK_BYTES],
     record: &[u8],
     header: &Header,
 ) -> [u8; LINK_BYTES] {
-    let mut chain = blake3::Hasher::new_keyed(prev_link);
-    chain.update(&record[..36]);
-    chain.update(&record[HEADER_BYTES..header.record_bytes()]);
-    *chain.finalize().as_bytes()
+    link_from(prev_link, &digest(record, header))
 }
 
 #[cfg(test)]

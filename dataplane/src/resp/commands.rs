@@ -16,6 +16,9 @@ type SettingsChange = Box<dyn FnOnce(&mut crate::engine::Settings)>;
 /// Bytes of values one MGET reply carries at most (memory stays bounded).
 pub const MGET_REPLY_BYTES_MAX: usize = 64 * 1024 * 1024;
 
+/// Digests one CHAIN PROOF reply carries at most.
+pub const CHAIN_PROOF_DIGESTS_MAX: u64 = 100_000;
+
 /// Keys a SCAN or RSCAN reply carries at most.
 pub const SCAN_ITEMS_MAX: usize = 128;
 
@@ -484,6 +487,17 @@ pub fn execute(server: &ServerState, session: &mut Session, args: &[&[u8]], out:
             body.push_str(&format!("records: {}\n", info.record_count));
             body.push_str(&format!("damaged_records: {}\n", info.damaged));
             body.push_str(&format!("chain_head: {}\n", hex::encode(info.chain_head)));
+            if let Some(last) = &info.last_compaction {
+                body.push_str(&format!(
+                    "last_compaction: bytes {} -> {}, kept {}, dropped {}, longest pause {} us, took {} ms\n",
+                    last.log_bytes_before,
+                    last.log_bytes_after,
+                    last.records_carried,
+                    last.records_dropped,
+                    last.pause_max_us,
+                    last.elapsed_ms
+                ));
+            }
             reply::bulk(out, body.as_bytes());
         }
         "NSSET" => {
@@ -637,6 +651,66 @@ pub fn execute(server: &ServerState, session: &mut Session, args: &[&[u8]], out:
             } else {
                 fail(out, "Access denied");
             }
+        }
+        "CHAIN" => {
+            arity!(argc == 2 || argc == 4 || argc == 5);
+            need_admin!();
+            let target = try_engine!(engine.namespace(&text(args[1])));
+            if argc == 2 {
+                let (head, count) = try_engine!(engine.chain(&target));
+                reply::array(out, 2);
+                reply::bulk(out, hex::encode(head).as_bytes());
+                reply::integer(out, count as i64);
+                return;
+            }
+            if !text(args[2]).eq_ignore_ascii_case("PROOF") {
+                return fail(out, "ERR usage: CHAIN namespace [PROOF from [count]]");
+            }
+            let from = text(args[3]).parse::<u64>();
+            let count = args
+                .get(4)
+                .map_or(Ok(CHAIN_PROOF_DIGESTS_MAX), |c| text(c).parse::<u64>());
+            let (Ok(from), Ok(count)) = (from, count) else {
+                return fail(out, "ERR CHAIN PROOF takes record numbers");
+            };
+            let count = count.min(CHAIN_PROOF_DIGESTS_MAX);
+            match tokio::task::block_in_place(|| engine.chain_digests(&target, from, count)) {
+                Ok(digests) => {
+                    reply::array(out, digests.len());
+                    for digest in digests {
+                        reply::bulk(out, &digest);
+                    }
+                }
+                Err(failure) => fail(out, &format!("ERR {failure}")),
+            }
+        }
+        "VERIFY" => {
+            arity!(argc == 2);
+            need_admin!();
+            let target = try_engine!(engine.namespace(&text(args[1])));
+            match tokio::task::block_in_place(|| engine.verify(&target)) {
+                Ok(_) => reply::ok(out),
+                Err(failure) => fail(out, &format!("ERR VERIFY failed: {failure}")),
+            }
+        }
+        "COMPACT" => {
+            arity!(argc == 2);
+            need_admin!();
+            let target = try_engine!(engine.namespace(&text(args[1])));
+            let report = try_engine!(tokio::task::block_in_place(|| engine.compact(&target)));
+            reply::simple(
+                out,
+                &format!(
+                    "OK segments {} -> {}, bytes {} -> {}, records kept {}, dropped {}, longest pause {} us",
+                    report.segments_before,
+                    report.segments_after,
+                    report.log_bytes_before,
+                    report.log_bytes_after,
+                    report.records_carried,
+                    report.records_dropped,
+                    report.pause_max_us
+                ),
+            );
         }
         "STOP" => {
             need_admin!();
