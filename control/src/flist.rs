@@ -64,6 +64,11 @@ pub enum FlistCommand {
         /// FUSE worker threads.
         #[arg(long, default_value_t = flistfs::fuse::FUSE_THREADS_DEFAULT)]
         threads: usize,
+        /// A writable view: an overlayfs at MOUNTPOINT over the read-only flist (mounted
+        /// at UPPERDIR/lower), writes going to UPPERDIR/upper (UPPERDIR/work is
+        /// overlayfs's scratch). Unmounting MOUNTPOINT ends the mount.
+        #[arg(long, value_name = "UPPERDIR")]
+        rw: Option<PathBuf>,
     },
     /// Unmount an flist mounted with `zos flist mount` (its process then exits).
     Umount {
@@ -190,15 +195,17 @@ fn run_command(command: FlistCommand) -> anyhow::Result<()> {
             stores,
             timeout_ms,
             threads,
-        } => mount(
-            &flist,
-            &mountpoint,
-            cache,
-            cache_mib,
-            &stores,
-            timeout_ms,
-            threads,
-        ),
+            rw,
+        } => {
+            let options = MountOptions {
+                cache,
+                cache_mib,
+                timeout_ms,
+                threads,
+                rw,
+            };
+            mount(&flist, &mountpoint, &stores, options)
+        }
         FlistCommand::Umount { mountpoint } => flistfs::sys::unmount(&mountpoint)
             .with_context(|| format!("unmounting {}", mountpoint.display())),
         FlistCommand::Unpack {
@@ -394,39 +401,98 @@ fn default_cache() -> PathBuf {
     base.join("zos").join("chunks")
 }
 
+/// Settings of `zos flist mount` besides the flist, mount point and stores.
+struct MountOptions {
+    cache: Option<PathBuf>,
+    cache_mib: u64,
+    timeout_ms: u64,
+    threads: usize,
+    rw: Option<PathBuf>,
+}
+
+/// Mounts the overlay once the flist is mounted at `lower`, then ends the FUSE mount when
+/// the overlay goes away (`zos flist umount MOUNTPOINT`).
+fn stack_overlay(lower: PathBuf, upper: PathBuf, work: PathBuf, target: PathBuf) {
+    std::thread::spawn(move || {
+        let started = std::time::Instant::now();
+        while !flistfs::sys::is_mount_point(&lower) {
+            if started.elapsed() > Duration::from_secs(30) {
+                tracing::error!("the flist did not mount; no overlay");
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        if let Err(error) = flistfs::sys::mount_overlay(&lower, &upper, &work, &target) {
+            tracing::error!(%error, "mounting the writable overlay failed; unmounting");
+            let _ = flistfs::sys::unmount(&lower);
+            return;
+        }
+        tracing::info!(mountpoint = %target.display(), upper = %upper.display(), "writable overlay mounted");
+        while flistfs::sys::is_mount_point(&target) && flistfs::sys::is_mount_point(&lower) {
+            std::thread::sleep(Duration::from_millis(200));
+        }
+        let _ = flistfs::sys::unmount(&lower);
+    });
+}
+
 fn mount(
     flist_path: &Path,
     mountpoint: &Path,
-    cache: Option<PathBuf>,
-    cache_mib: u64,
     stores: &[String],
-    timeout_ms: u64,
-    threads: usize,
+    options: MountOptions,
 ) -> anyhow::Result<()> {
     let flist = Arc::new(open(flist_path)?);
     let config = SourceConfig {
-        store_timeout: Duration::from_millis(timeout_ms),
+        store_timeout: Duration::from_millis(options.timeout_ms),
         ..SourceConfig::default()
     };
-    let cache = Some(cache.unwrap_or_else(default_cache));
+    let cache = Some(options.cache.unwrap_or_else(default_cache));
     let source = chunk_source(
         &flist,
         stores,
         cache,
-        cache_mib.saturating_mul(1048576),
+        options.cache_mib.saturating_mul(1048576),
         config,
     )?;
     let core = FsCore::new(flist, Arc::new(source) as Arc<dyn ChunkSource>);
+    let (fuse_mountpoint, stacked) = match &options.rw {
+        Some(upper_root) => {
+            for part in ["lower", "upper", "work"] {
+                std::fs::create_dir_all(upper_root.join(part))
+                    .with_context(|| format!("creating {}", upper_root.join(part).display()))?;
+            }
+            let upper_root = upper_root
+                .canonicalize()
+                .with_context(|| format!("resolving {}", upper_root.display()))?;
+            let target = mountpoint
+                .canonicalize()
+                .with_context(|| format!("resolving {}", mountpoint.display()))?;
+            let lower = upper_root.join("lower");
+            stack_overlay(
+                lower.clone(),
+                upper_root.join("upper"),
+                upper_root.join("work"),
+                target.clone(),
+            );
+            (lower, Some(target))
+        }
+        None => (mountpoint.to_path_buf(), None),
+    };
     tracing::info!(flist = %flist_path.display(), mountpoint = %mountpoint.display(), "mounting; Ctrl-C or `zos flist umount` to stop");
-    flistfs::fuse::serve(core, mountpoint, threads, &flist_path.display().to_string()).with_context(
-        || {
-            format!(
-                "mounting {} at {}",
-                flist_path.display(),
-                mountpoint.display()
-            )
-        },
+    flistfs::fuse::serve(
+        core,
+        &fuse_mountpoint,
+        options.threads,
+        &flist_path.display().to_string(),
+        stacked,
     )
+    .with_context(|| {
+        format!(
+            "mounting {} at {}",
+            flist_path.display(),
+            fuse_mountpoint.display()
+        )
+    })
 }
 
 fn show(name: &[u8]) -> String {
@@ -720,15 +786,14 @@ fn demo(source: &Path, workdir: Option<PathBuf>) -> anyhow::Result<()> {
             watched.display()
         );
     });
-    mount(
-        &flist,
-        &mountpoint,
-        Some(workdir.join("cache")),
-        1024,
-        &[],
-        flistfs::source::STORE_TIMEOUT_MS_DEFAULT,
-        flistfs::fuse::FUSE_THREADS_DEFAULT,
-    )?;
+    let options = MountOptions {
+        cache: Some(workdir.join("cache")),
+        cache_mib: 1024,
+        timeout_ms: flistfs::source::STORE_TIMEOUT_MS_DEFAULT,
+        threads: flistfs::fuse::FUSE_THREADS_DEFAULT,
+        rw: None,
+    };
+    mount(&flist, &mountpoint, &[], options)?;
     println!(
         "unmounted; the store and flist stay in {}",
         workdir.display()

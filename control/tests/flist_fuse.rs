@@ -8,6 +8,7 @@
 
 use std::collections::BTreeMap;
 use std::ffi::OsString;
+use std::io::Write;
 use std::os::unix::ffi::{OsStrExt, OsStringExt};
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
@@ -428,4 +429,81 @@ fn pack_mount_unpack_and_corrupt_round_trip() {
         "deep\n"
     );
     mount.unmount_with_zos();
+}
+
+#[test]
+fn rw_mounts_write_to_the_upper_folder() {
+    assert!(
+        Path::new("/dev/fuse").exists(),
+        "this test needs /dev/fuse (CI runs as root with it)"
+    );
+    let scratch = tempfile::tempdir().unwrap();
+    let path = |name: &str| scratch.path().join(name);
+    for name in ["src", "store", "mnt", "cache"] {
+        std::fs::create_dir(path(name)).unwrap();
+    }
+    std::fs::write(path("src/base.txt"), "from the flist\n").unwrap();
+    let flist = path("rw.fl");
+    let store = format!("dir://{}", path("store").display());
+    zos(&[
+        "flist".as_ref(),
+        "pack".as_ref(),
+        path("src").as_os_str(),
+        "-o".as_ref(),
+        flist.as_os_str(),
+        "--store".as_ref(),
+        store.as_ref(),
+    ]);
+    let child = Command::new(ZOS)
+        .args(["flist", "mount"])
+        .arg(&flist)
+        .arg(path("mnt"))
+        .arg("--cache")
+        .arg(path("cache"))
+        .arg("--rw")
+        .arg(path("rw"))
+        .stdout(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut mount = Mount {
+        child,
+        mountpoint: path("mnt"),
+    };
+    let started = Instant::now();
+    while !is_mounted(&path("mnt")) {
+        assert!(
+            mount.child.try_wait().unwrap().is_none(),
+            "the mount process exited"
+        );
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "the overlay did not mount in 10 s"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    std::fs::write(path("mnt/new.txt"), "written\n").unwrap();
+    std::fs::OpenOptions::new()
+        .append(true)
+        .open(path("mnt/base.txt"))
+        .unwrap()
+        .write_all(b"changed\n")
+        .unwrap();
+    assert_eq!(
+        std::fs::read_to_string(path("mnt/base.txt")).unwrap(),
+        "from the flist\nchanged\n"
+    );
+    assert_eq!(
+        std::fs::read_to_string(path("rw/upper/new.txt")).unwrap(),
+        "written\n"
+    );
+    assert_eq!(
+        std::fs::read_to_string(path("rw/lower/base.txt")).unwrap(),
+        "from the flist\n",
+        "the flist is untouched"
+    );
+    mount.unmount_with_zos();
+    assert!(
+        !is_mounted(&path("rw/lower")),
+        "unmounting the overlay ends the flist mount too"
+    );
 }

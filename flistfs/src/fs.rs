@@ -61,6 +61,9 @@ pub enum FsError {
     /// Read-only filesystem (`EROFS`).
     #[error("read-only filesystem")]
     ReadOnly,
+    /// No data (or hole) at or after the offset (`ENXIO`).
+    #[error("no such offset")]
+    NoSuchOffset,
     /// Corrupt metadata or data, or a store that failed (`EIO`).
     #[error("I/O error: {0}")]
     Io(String),
@@ -78,6 +81,7 @@ impl FsError {
             FsError::Range => libc::ERANGE,
             FsError::Access => libc::EACCES,
             FsError::ReadOnly => libc::EROFS,
+            FsError::NoSuchOffset => libc::ENXIO,
             FsError::Io(_) => libc::EIO,
         }
     }
@@ -362,6 +366,41 @@ impl FsCore {
             self.chunks.prefetch(&upcoming);
         }
         Ok(())
+    }
+
+    /// `lseek(2)` with `SEEK_DATA` (`hole == false`) or `SEEK_HOLE`: the first offset at
+    /// or after `offset` that holds data, or that is in a hole (the end of the file counts
+    /// as one). Lets `cp` and `tar` keep sparse files sparse.
+    pub fn seek_data_or_hole(&self, id: u64, offset: u64, hole: bool) -> Result<u64, FsError> {
+        let inode = self.inode(id)?;
+        if inode.kind() != mode::REGULAR {
+            return Err(FsError::InvalidArgument);
+        }
+        let size = inode.record.size;
+        if offset >= size {
+            return Err(FsError::NoSuchOffset);
+        }
+        let mut position = offset;
+        loop {
+            let in_chunk = self.flist.chunk_at(&inode, position)?;
+            match (in_chunk, hole) {
+                (None, true) | (Some(_), false) => return Ok(position),
+                (Some((_, chunk)), true) => {
+                    position = chunk.file_offset + u64::from(chunk.plain_bytes)
+                }
+                (None, false) => match self.next_chunk_start(&inode, position)? {
+                    Some(start) => position = start,
+                    None => return Err(FsError::NoSuchOffset),
+                },
+            }
+            if position >= size {
+                return if hole {
+                    Ok(size)
+                } else {
+                    Err(FsError::NoSuchOffset)
+                };
+            }
+        }
     }
 
     /// The value of xattr `name` of `id`.

@@ -13,8 +13,8 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use fuser::{
     AccessFlags, Config, Errno, FileAttr, FileHandle, FileType, Filesystem, FopenFlags, Generation,
     INodeNo, IoctlFlags, LockOwner, MountOption, OpenFlags, ReplyAttr, ReplyData, ReplyDirectory,
-    ReplyDirectoryPlus, ReplyEmpty, ReplyEntry, ReplyIoctl, ReplyOpen, ReplyStatfs, ReplyXattr,
-    Request, SessionACL,
+    ReplyDirectoryPlus, ReplyEmpty, ReplyEntry, ReplyIoctl, ReplyLseek, ReplyOpen, ReplyStatfs,
+    ReplyXattr, Request, SessionACL,
 };
 
 use crate::format::mode;
@@ -146,6 +146,30 @@ impl Filesystem for FuseAdapter {
         reply: ReplyEmpty,
     ) {
         reply.ok();
+    }
+
+    fn lseek(
+        &self,
+        _request: &Request,
+        ino: INodeNo,
+        _handle: FileHandle,
+        offset: i64,
+        whence: i32,
+        reply: ReplyLseek,
+    ) {
+        let Ok(offset) = u64::try_from(offset) else {
+            return reply.error(Errno::EINVAL);
+        };
+        let hole = match whence {
+            libc::SEEK_DATA => false,
+            libc::SEEK_HOLE => true,
+            // The kernel answers SEEK_SET, SEEK_CUR and SEEK_END itself.
+            _ => return reply.error(Errno::EINVAL),
+        };
+        match self.core.seek_data_or_hole(ino.0, offset, hole) {
+            Ok(found) => reply.offset(found as i64),
+            Err(error) => reply.error(errno(&error)),
+        }
     }
 
     fn opendir(&self, _request: &Request, ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
@@ -297,12 +321,14 @@ pub fn mount_config(threads: usize, fs_name: &str) -> Config {
 }
 
 /// Mounts `core` at `mountpoint` and serves it until the filesystem is unmounted (by
-/// `zos flist umount` or umount(8)) or the process gets SIGINT or SIGTERM, which unmount it.
+/// `zos flist umount` or umount(8)) or the process gets SIGINT or SIGTERM, which unmount it
+/// (`stacked` first: a mount made over this one, such as the `--rw` overlay).
 pub fn serve(
     core: FsCore,
     mountpoint: &Path,
     threads: usize,
     fs_name: &str,
+    stacked: Option<std::path::PathBuf>,
 ) -> std::io::Result<()> {
     let mut session = fuser::Session::new(
         FuseAdapter::new(core),
@@ -330,6 +356,11 @@ pub fn serve(
                 return;
             }
             tracing::info!("signal received: unmounting");
+            if let Some(stacked) = &stacked {
+                if let Err(error) = crate::sys::unmount(stacked) {
+                    tracing::warn!(%error, path = %stacked.display(), "unmounting the stacked mount");
+                }
+            }
             if let Err(error) = unmounter.unmount() {
                 tracing::error!(%error, "unmount failed");
             }

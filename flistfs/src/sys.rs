@@ -97,3 +97,54 @@ pub fn unmount(path: &Path) -> io::Result<()> {
         Err(io::Error::last_os_error())
     }
 }
+
+/// Mounts an overlayfs at `target`: `lower` read-only below, writes going to `upper`
+/// (`work` is overlayfs's scratch folder, on the same filesystem as `upper`).
+pub fn mount_overlay(lower: &Path, upper: &Path, work: &Path, target: &Path) -> io::Result<()> {
+    for path in [lower, upper, work] {
+        let text = path.to_string_lossy();
+        if text.contains(',') || text.contains(':') || text.contains('\\') {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                format!("{text}: overlayfs paths may not hold ',', ':' or '\\'"),
+            ));
+        }
+    }
+    let options = format!(
+        "lowerdir={},upperdir={},workdir={}",
+        lower.display(),
+        upper.display(),
+        work.display()
+    );
+    let options = std::ffi::CString::new(options)
+        .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "path holds a NUL byte"))?;
+    let target = c_path(target)?;
+    let kind = c"overlay";
+    // SAFETY: every pointer is a valid NUL-terminated string that outlives the call; the
+    // data argument is the options string overlayfs expects.
+    let result = unsafe {
+        libc::mount(
+            kind.as_ptr(),
+            target.as_ptr(),
+            kind.as_ptr(),
+            0,
+            options.as_ptr().cast(),
+        )
+    };
+    if result == 0 {
+        Ok(())
+    } else {
+        Err(io::Error::last_os_error())
+    }
+}
+
+/// Whether `path` (absolute, as the kernel shows it) is a mount point of this namespace.
+pub fn is_mount_point(path: &Path) -> bool {
+    let Ok(mountinfo) = std::fs::read_to_string("/proc/self/mountinfo") else {
+        return false;
+    };
+    let wanted = path.to_string_lossy();
+    mountinfo
+        .lines()
+        .any(|line| line.split(' ').nth(4) == Some(wanted.as_ref()))
+}

@@ -648,3 +648,42 @@ fn oci_layouts_apply_layers_with_whiteouts() {
     assert!(flist.resolve(b"etc/gone").unwrap().is_none());
     assert!(flist.resolve(b"opaque/new").unwrap().is_some());
 }
+
+#[test]
+fn holes_are_zeros_and_seek_finds_them() {
+    let scratch = tempfile::tempdir().unwrap();
+    let (source_dir, store_dir) = (scratch.path().join("src"), scratch.path().join("store"));
+    std::fs::create_dir_all(&source_dir).unwrap();
+    let chunk = CHUNK_BYTES as usize;
+    let mut content = pattern(5, chunk);
+    content.extend(vec![0u8; 2 * chunk]);
+    content.extend(pattern(6, chunk / 2));
+    std::fs::write(source_dir.join("sparse"), &content).unwrap();
+    let store: Arc<dyn ChunkStore> = Arc::new(DirStore::new(&store_dir));
+    let flist_path = scratch.path().join("sparse.fl");
+    pack_dir(&source_dir, store.clone(), &flist_path);
+    let (core, source) = core_over(&flist_path, store, SourceConfig::default());
+    let file = core.flist().resolve(b"sparse").unwrap().unwrap();
+    assert_eq!(
+        core.flist().chunk_len(&file).unwrap(),
+        2,
+        "the all-zero chunks are holes"
+    );
+    assert_eq!(read_all(&core, b"sparse").unwrap(), content);
+    let id = u64::from(file.number) + 1;
+    let size = content.len() as u64;
+    let chunk = chunk as u64;
+    assert_eq!(core.seek_data_or_hole(id, 0, false).unwrap(), 0);
+    assert_eq!(core.seek_data_or_hole(id, 0, true).unwrap(), chunk);
+    assert_eq!(
+        core.seek_data_or_hole(id, chunk + 5, false).unwrap(),
+        3 * chunk
+    );
+    assert_eq!(core.seek_data_or_hole(id, 3 * chunk, true).unwrap(), size);
+    assert_eq!(
+        core.seek_data_or_hole(id, size, false).unwrap_err().errno(),
+        libc::ENXIO
+    );
+    std::thread::sleep(Duration::from_millis(100));
+    assert_eq!(source.store_reads(), 2);
+}
