@@ -67,7 +67,12 @@ fn resp_seeds() -> Vec<(&'static str, Vec<u8>)> {
         ),
         (
             "inline-mixed",
-            [&b"PING\r\nGET k\r\n\r\n"[..], &array(&[b"DEL", b"k"]), b"INFO\n"].concat(),
+            [
+                &b"PING\r\nGET k\r\n\r\n"[..],
+                &array(&[b"DEL", b"k"]),
+                b"INFO\n",
+            ]
+            .concat(),
         ),
         ("empty-arrays", b"*0\r\n*-1\r\n*1\r\n$0\r\n\r\n".to_vec()),
         ("truncated-array", truncated),
