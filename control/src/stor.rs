@@ -112,6 +112,24 @@ pub enum StorCommand {
         #[command(flatten)]
         common: Common,
     },
+    /// Serve the HTTP API (docs/openapi.yaml in the erasure crate) until SIGINT or SIGTERM.
+    ///
+    /// Listens on a unix socket (mode 0600, so only this user may use it) and optionally
+    /// on TCP. Every request needs `Authorization: Bearer TOKEN`, the config's [daemon] token.
+    ///
+    /// Example: zos stor daemon --listen 127.0.0.1:9980
+    ///          curl --unix-socket ~/.local/state/zos/stor/zstor.sock \
+    ///               -H "Authorization: Bearer $TOKEN" http://zstor/v1/objects
+    Daemon {
+        /// Unix socket [default: the config's [daemon] socket, else <state_dir>/zstor.sock].
+        #[arg(long, value_name = "PATH")]
+        socket: Option<PathBuf>,
+        /// Also listen on this TCP address [default: the config's [daemon] listen, if any].
+        #[arg(long, value_name = "ADDRESS")]
+        listen: Option<String>,
+        #[command(flatten)]
+        common: Common,
+    },
     /// Health and usage of every backend.
     Status {
         #[command(flatten)]
@@ -445,6 +463,49 @@ async fn run_async(command: StorCommand) -> anyhow::Result<()> {
                 bail!("{failed} objects could not be fully repaired");
             }
             Ok(())
+        }
+        StorCommand::Daemon {
+            socket,
+            listen,
+            common,
+        } => {
+            let zstor = open(&common)?;
+            let config = zstor.config().clone();
+            let socket = socket
+                .or_else(|| config.daemon.socket.clone())
+                .unwrap_or_else(|| config.state_dir().join("zstor.sock"));
+            let tcp = listen.or_else(|| config.daemon.listen.clone());
+            eprintln!(
+                "zstor daemon: unix socket {}{}",
+                socket.display(),
+                tcp.as_ref()
+                    .map(|address| format!(", tcp {address}"))
+                    .unwrap_or_default()
+            );
+            let shutdown = async {
+                let mut terminate =
+                    tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
+                tokio::select! {
+                    _ = tokio::signal::ctrl_c() => {}
+                    _ = async {
+                        match terminate.as_mut() {
+                            Some(signal) => { signal.recv().await; }
+                            None => std::future::pending::<()>().await,
+                        }
+                    } => {}
+                }
+            };
+            erasure::daemon::serve(
+                std::sync::Arc::new(zstor),
+                config.daemon.token.clone(),
+                erasure::daemon::Listen {
+                    socket: Some(socket),
+                    tcp,
+                },
+                shutdown,
+            )
+            .await
+            .context("running the zstor daemon")
         }
         StorCommand::Status { output, common } => {
             let zstor = open(&common)?;

@@ -10,6 +10,7 @@
 
 pub mod codec;
 pub mod config;
+pub mod daemon;
 pub mod meta;
 pub mod queue;
 pub mod store;

@@ -388,6 +388,13 @@ impl Zstor {
             .min(self.backends.len())
     }
 
+    /// The store of the backend at `index` in the config's list.
+    pub fn backend_store(&self, index: usize) -> Option<Arc<dyn ChunkStore>> {
+        let url = &self.config.backends.get(index)?.url;
+        self.backend_by_address(&backend_address(url))
+            .map(|backend| backend.store.clone())
+    }
+
     fn backend_by_address(&self, address: &str) -> Option<&Backend> {
         self.backends
             .iter()
@@ -1096,22 +1103,19 @@ impl Zstor {
                 metadata_missing_on: self.metadata_missing_on(&head).await,
                 chunks_unreadable: 0,
             };
-            let mut surveys = futures::stream::iter(entries.iter().enumerate())
-                .map(|(chunk, entry)| {
-                    let codec = &codec;
-                    let stores = &stores;
-                    let head = &head;
-                    async move {
-                        (
-                            chunk,
-                            entry,
-                            self.survey_chunk(head, codec, stores, chunk as u64, entry)
-                                .await,
-                        )
-                    }
-                })
-                .buffered(CHUNKS_IN_FLIGHT);
-            while let Some((chunk, entry, survey)) = surveys.next().await {
+            let mut surveys = FuturesOrdered::new();
+            let mut next_chunk = 0usize;
+            loop {
+                while surveys.len() < CHUNKS_IN_FLIGHT && next_chunk < entries.len() {
+                    let entry = &entries[next_chunk];
+                    let chunk = next_chunk;
+                    let survey = self.survey_chunk(&head, &codec, &stores, chunk as u64, entry);
+                    surveys.push_back(async move { (chunk, entry, survey.await) });
+                    next_chunk += 1;
+                }
+                let Some((chunk, entry, survey)) = surveys.next().await else {
+                    break;
+                };
                 let mut intact = 0;
                 for (index, result) in survey.into_iter().enumerate() {
                     match result {
