@@ -23,7 +23,7 @@ use tokio::sync::watch;
 
 use crate::cache::{self, ValueCache};
 use crate::log::archive;
-use crate::log::index_file::{self, Entry, Index, SnapshotMeta, ENTRY_DAMAGED};
+use crate::log::index_file::{self, Entry, Index, Key, SnapshotMeta};
 use crate::log::record::{
     self, NewRecord, FLAG_TOMBSTONE, HEADER_BYTES, KEY_BYTES_MAX, LINK_BYTES, VALUE_BYTES_MAX,
 };
@@ -721,9 +721,9 @@ impl Engine {
             if state.settings.worm {
                 return Err(EngineError::Worm);
             }
-            if old.value_len as usize == value.len()
+            if old.value_len() as usize == value.len()
                 && old.value_crc == value_crc
-                && old.flags & ENTRY_DAMAGED == 0
+                && !old.is_damaged()
             {
                 // Probably the same value: compare the bytes to be sure.
                 let (record_bytes, _) =
@@ -742,7 +742,7 @@ impl Engine {
         } else {
             previous
         };
-        let freed = previous.map(|old| old.value_len as u64).unwrap_or(0);
+        let freed = previous.map(|old| old.value_len() as u64).unwrap_or(0);
         if state.settings.maxsize > 0
             && state.live_bytes - freed + value.len() as u64 > state.settings.maxsize
         {
@@ -766,14 +766,7 @@ impl Engine {
                 prev_offset,
             },
         )?;
-        let entry = Entry {
-            segment: segment_id,
-            offset: offset as u32,
-            value_len: value.len() as u32,
-            value_crc,
-            timestamp_s: (timestamp_us / 1_000_000) as u32,
-            flags: 0,
-        };
+        let entry = Entry::new(segment_id, offset as u32, value.len() as u32, value_crc);
         state.live_bytes = state.live_bytes - freed + value.len() as u64;
         if state.settings.mode == Mode::Seq && key.is_empty() {
             state.next_id += 1;
@@ -783,7 +776,7 @@ impl Engine {
             id.copy_from_slice(&key_owned);
             u64::from_le_bytes(id)
         });
-        state.index.insert(key_owned.into_boxed_slice(), entry);
+        state.index.insert(Key::new(&key_owned), entry);
         let ticket = self.issued_ticket.fetch_add(1, Ordering::AcqRel) + 1;
         drop(state);
         self.wake_flusher();
@@ -817,7 +810,7 @@ impl Engine {
             },
         )?;
         state.index.remove(key);
-        state.live_bytes -= old.value_len as u64;
+        state.live_bytes -= old.value_len() as u64;
         let ticket = self.issued_ticket.fetch_add(1, Ordering::AcqRel) + 1;
         drop(state);
         self.wake_flusher();
@@ -920,7 +913,7 @@ impl Engine {
         key: &[u8],
         entry: Entry,
     ) -> Result<(Vec<u8>, record::Header)> {
-        let length = HEADER_BYTES + key.len() + entry.value_len as usize;
+        let length = HEADER_BYTES + key.len() + entry.value_len() as usize;
         let location = Location {
             segment: entry.segment,
             offset: entry.offset as u64,
@@ -1046,7 +1039,7 @@ impl Engine {
             if let Some(key) = key {
                 if let Some(entry) = state.index.get_mut(key) {
                     if entry.segment == location.segment && entry.offset as u64 == location.offset {
-                        entry.flags |= ENTRY_DAMAGED;
+                        entry.mark_damaged();
                     }
                 }
             }
@@ -1077,7 +1070,7 @@ impl Engine {
             return Ok(None);
         };
         let place = cache::place(entry.segment, entry.offset);
-        if entry.flags & ENTRY_DAMAGED == 0 {
+        if !entry.is_damaged() {
             if let Some(value) = state.cache.get(place) {
                 return Ok(Some(use_value(value)));
             }
@@ -1114,6 +1107,31 @@ impl Engine {
         let state = lock(&namespace.state);
         state.readable()?;
         Ok(state.index.get(key).copied())
+    }
+
+    /// When `key`'s current version was written (Unix seconds), read from its record header
+    /// (the index does not keep times, to stay small).
+    pub fn key_time(&self, namespace: &Namespace, key: &[u8]) -> Result<Option<u32>> {
+        let state = lock(&namespace.state);
+        state.readable()?;
+        let Some(entry) = state.index.get(key).copied() else {
+            return Ok(None);
+        };
+        let location = Location {
+            segment: entry.segment,
+            offset: entry.offset as u64,
+        };
+        let head = self.read_at(namespace, state, location, HEADER_BYTES)?;
+        let header = record::decode_header(&head).map_err(|error| {
+            self.note_damage(
+                namespace,
+                location,
+                HEADER_BYTES as u64,
+                Some(key),
+                error.to_string(),
+            )
+        })?;
+        Ok(Some((header.timestamp_us / 1_000_000) as u32))
     }
 
     /// The cursor designating `key`'s current record (KEYCUR).
@@ -1401,7 +1419,11 @@ impl Engine {
             data_bytes: state.live_bytes,
             log_bytes: state.log_bytes,
             segments: state.files.len(),
-            index_bytes_estimate: state.index.keys().map(|k| (k.len() + 48) as u64).sum(),
+            index_bytes_estimate: state
+                .index
+                .keys()
+                .map(|k| (k.as_bytes().len() + 40) as u64)
+                .sum(),
             damaged: state.damaged_total,
             record_count: state.record_count,
             chain_head: state.chain_head,
@@ -1896,7 +1918,7 @@ impl Engine {
             let held = Instant::now();
             let mut state = lock(&namespace.state);
             for (key, from, to) in batch {
-                if let Some(entry) = state.index.get_mut(key) {
+                if let Some(entry) = state.index.get_mut(&key[..]) {
                     if entry.segment == from.segment && entry.offset as u64 == from.offset {
                         entry.segment = to.segment;
                         entry.offset = to.offset as u32;
@@ -2403,7 +2425,7 @@ fn recover(
             state.next_id = meta.next_id;
             state.chain_head = meta.chain_head;
             state.record_count = meta.record_count;
-            state.live_bytes = state.index.values().map(|e| e.value_len as u64).sum();
+            state.live_bytes = state.index.values().map(|e| e.value_len() as u64).sum();
             (meta.covered_segment, meta.covered_offset)
         }
         None => (segment_ids[0], SEGMENT_HEADER_BYTES as u64),
@@ -2466,33 +2488,30 @@ fn recover(
                 header,
                 bytes,
             } => {
-                let key: Box<[u8]> =
-                    bytes[HEADER_BYTES..HEADER_BYTES + header.key_len as usize].into();
+                let key = &bytes[HEADER_BYTES..HEADER_BYTES + header.key_len as usize];
                 state.chain_head = header.link;
                 state.next_sequence = state.next_sequence.max(header.sequence + 1);
                 state.record_count += 1;
                 if header.is_tombstone() {
-                    if let Some(old) = state.index.remove(&key) {
-                        state.live_bytes -= old.value_len as u64;
+                    if let Some(old) = state.index.remove(key) {
+                        state.live_bytes -= old.value_len() as u64;
                     }
                 } else {
                     let value =
                         &bytes[HEADER_BYTES + header.key_len as usize..header.record_bytes()];
                     if state.settings.mode == Mode::Seq && key.len() == 8 {
                         let mut id = [0u8; 8];
-                        id.copy_from_slice(&key);
+                        id.copy_from_slice(key);
                         state.next_id = state.next_id.max(u64::from_le_bytes(id) + 1);
                     }
-                    let entry = Entry {
-                        segment: segment_id,
-                        offset: offset as u32,
-                        value_len: header.value_len,
-                        value_crc: crc32fast::hash(value),
-                        timestamp_s: (header.timestamp_us / 1_000_000) as u32,
-                        flags: 0,
-                    };
-                    if let Some(old) = state.index.insert(key, entry) {
-                        state.live_bytes -= old.value_len as u64;
+                    let entry = Entry::new(
+                        segment_id,
+                        offset as u32,
+                        header.value_len,
+                        crc32fast::hash(value),
+                    );
+                    if let Some(old) = state.index.insert(Key::new(key), entry) {
+                        state.live_bytes -= old.value_len() as u64;
                     }
                     state.live_bytes += header.value_len as u64;
                 }
@@ -2519,16 +2538,10 @@ fn recover(
                 // points at it, so reads report the damage instead of serving an older value.
                 if let (Some(header), Some(key)) = (header, key) {
                     if !header.is_tombstone() {
-                        let entry = Entry {
-                            segment: segment_id,
-                            offset: offset as u32,
-                            value_len: header.value_len,
-                            value_crc: 0,
-                            timestamp_s: (header.timestamp_us / 1_000_000) as u32,
-                            flags: ENTRY_DAMAGED,
-                        };
-                        if let Some(old) = state.index.insert(key.into_boxed_slice(), entry) {
-                            state.live_bytes -= old.value_len as u64;
+                        let mut entry = Entry::new(segment_id, offset as u32, header.value_len, 0);
+                        entry.mark_damaged();
+                        if let Some(old) = state.index.insert(Key::new(&key), entry) {
+                            state.live_bytes -= old.value_len() as u64;
                         }
                         state.live_bytes += header.value_len as u64;
                     }

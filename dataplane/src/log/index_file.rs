@@ -16,7 +16,7 @@
 //! 88  8  reserved, 0
 //! entries, each
 //!     1  key length, then the key
-//!     4  segment id   4 offset   4 value length   4 value crc32   4 timestamp (s)   1 flags
+//!     4  segment id   4 offset   4 value length   4 value crc32   1 flags (bit 0: damaged)
 //! trailer
 //!     4  crc32 of everything before it
 //! ```
@@ -34,21 +34,192 @@ use super::record::LINK_BYTES;
 
 const MAGIC: [u8; 8] = *b"ZDBIDX01";
 const HEADER_BYTES: usize = 96;
-const ENTRY_FIXED_BYTES: usize = 1 + 4 * 5 + 1;
+const ENTRY_FIXED_BYTES: usize = 1 + 4 * 4 + 1;
+
+type Shard = std::collections::HashMap<Key, Entry, foldhash::fast::RandomState>;
+
+/// Shards of the index. Each grows on its own, so growing never needs twice the memory of
+/// the whole index at once (nor pauses to move all of it).
+const SHARDS: usize = 16;
 
 /// The in-memory index of a namespace: key to where its live record is. foldhash is seeded
 /// at random per process (keys are chosen by clients) and several times faster than SipHash.
-pub type Index = std::collections::HashMap<Box<[u8]>, Entry, foldhash::fast::RandomState>;
+/// A slot is 40 bytes (a key of up to 22 bytes inline, an [`Entry`] of 16), so a million
+/// 16-byte keys take under 100 MB, including while the index grows.
+#[derive(Debug, Clone)]
+pub struct Index {
+    router: foldhash::fast::FixedState,
+    shards: Vec<Shard>,
+}
 
-/// Where a key's live record is, and what the index needs to know of it without reading it.
+impl Default for Index {
+    fn default() -> Self {
+        Self::with_capacity(0)
+    }
+}
+
+impl Index {
+    pub fn with_capacity(capacity: usize) -> Self {
+        let router = foldhash::fast::FixedState::with_seed(rand::random());
+        let shards = (0..SHARDS)
+            .map(|_| Shard::with_capacity_and_hasher(capacity / SHARDS, Default::default()))
+            .collect();
+        Index { router, shards }
+    }
+
+    fn shard(&self, key: &[u8]) -> usize {
+        use std::hash::BuildHasher;
+        (self.router.hash_one(key) >> 60) as usize % SHARDS
+    }
+
+    pub fn get(&self, key: &[u8]) -> Option<&Entry> {
+        self.shards[self.shard(key)].get(key)
+    }
+
+    pub fn get_mut(&mut self, key: &[u8]) -> Option<&mut Entry> {
+        let shard = self.shard(key);
+        self.shards[shard].get_mut(key)
+    }
+
+    pub fn contains_key(&self, key: &[u8]) -> bool {
+        self.get(key).is_some()
+    }
+
+    pub fn insert(&mut self, key: Key, entry: Entry) -> Option<Entry> {
+        let shard = self.shard(key.as_bytes());
+        self.shards[shard].insert(key, entry)
+    }
+
+    pub fn remove(&mut self, key: &[u8]) -> Option<Entry> {
+        let shard = self.shard(key);
+        self.shards[shard].remove(key)
+    }
+
+    pub fn len(&self) -> usize {
+        self.shards.iter().map(|s| s.len()).sum()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.shards.iter().all(|s| s.is_empty())
+    }
+
+    pub fn clear(&mut self) {
+        self.shards.iter_mut().for_each(|s| s.clear());
+    }
+
+    pub fn iter(&self) -> impl Iterator<Item = (&Key, &Entry)> {
+        self.shards.iter().flat_map(|s| s.iter())
+    }
+
+    pub fn keys(&self) -> impl Iterator<Item = &Key> {
+        self.iter().map(|(k, _)| k)
+    }
+
+    pub fn values(&self) -> impl Iterator<Item = &Entry> {
+        self.iter().map(|(_, v)| v)
+    }
+}
+
+impl PartialEq for Index {
+    fn eq(&self, other: &Self) -> bool {
+        self.len() == other.len() && self.iter().all(|(k, v)| other.get(k.as_bytes()) == Some(v))
+    }
+}
+
+/// Bytes of a key kept inline in the index (longer keys are allocated on their own).
+pub const KEY_INLINE_BYTES: usize = 22;
+
+/// A key as the index keeps it: inline when short, so that most keys cost no allocation.
+#[derive(Clone)]
+pub enum Key {
+    Inline(u8, [u8; KEY_INLINE_BYTES]),
+    Heap(Box<[u8]>),
+}
+
+impl Key {
+    pub fn new(bytes: &[u8]) -> Self {
+        if bytes.len() <= KEY_INLINE_BYTES {
+            let mut inline = [0u8; KEY_INLINE_BYTES];
+            inline[..bytes.len()].copy_from_slice(bytes);
+            Key::Inline(bytes.len() as u8, inline)
+        } else {
+            Key::Heap(bytes.into())
+        }
+    }
+
+    pub fn as_bytes(&self) -> &[u8] {
+        match self {
+            Key::Inline(length, bytes) => &bytes[..*length as usize],
+            Key::Heap(bytes) => bytes,
+        }
+    }
+}
+
+impl std::fmt::Debug for Key {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Key({:?})", String::from_utf8_lossy(self.as_bytes()))
+    }
+}
+
+impl PartialEq for Key {
+    fn eq(&self, other: &Self) -> bool {
+        self.as_bytes() == other.as_bytes()
+    }
+}
+
+impl Eq for Key {}
+
+// Hashes exactly as `[u8]` does, so that the index can be searched with a plain slice.
+impl std::hash::Hash for Key {
+    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+        self.as_bytes().hash(state);
+    }
+}
+
+impl std::borrow::Borrow<[u8]> for Key {
+    fn borrow(&self) -> &[u8] {
+        self.as_bytes()
+    }
+}
+
+/// Where a key's live record is, and what the index needs to know of it without reading it:
+/// 16 bytes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Entry {
     pub segment: u32,
     pub offset: u32,
-    pub value_len: u32,
+    /// Value length in the low 31 bits; the top bit marks a record found damaged.
+    length_and_flags: u32,
     pub value_crc: u32,
-    pub timestamp_s: u32,
-    pub flags: u8,
+}
+
+const DAMAGED_BIT: u32 = 1 << 31;
+
+impl Entry {
+    pub fn new(segment: u32, offset: u32, value_len: u32, value_crc: u32) -> Self {
+        Entry {
+            segment,
+            offset,
+            length_and_flags: value_len & !DAMAGED_BIT,
+            value_crc,
+        }
+    }
+
+    pub fn value_len(&self) -> u32 {
+        self.length_and_flags & !DAMAGED_BIT
+    }
+
+    pub fn is_damaged(&self) -> bool {
+        self.length_and_flags & DAMAGED_BIT != 0
+    }
+
+    pub fn mark_damaged(&mut self) {
+        self.length_and_flags |= DAMAGED_BIT;
+    }
+
+    fn flags(&self) -> u8 {
+        u8::from(self.is_damaged())
+    }
 }
 
 /// Entry flag: the record failed verification when it was scanned or read.
@@ -87,19 +258,19 @@ pub fn write(path: &Path, meta: &SnapshotMeta, index: &Index) -> Result<(), Snap
     out.extend_from_slice(&meta.chain_head);
     out.extend_from_slice(&meta.record_count.to_le_bytes());
     out.extend_from_slice(&[0u8; 8]);
-    for (key, entry) in index {
+    for (key, entry) in index.iter() {
+        let key = key.as_bytes();
         out.push(key.len() as u8);
         out.extend_from_slice(key);
         for word in [
             entry.segment,
             entry.offset,
-            entry.value_len,
+            entry.value_len(),
             entry.value_crc,
-            entry.timestamp_s,
         ] {
             out.extend_from_slice(&word.to_le_bytes());
         }
-        out.push(entry.flags);
+        out.push(entry.flags());
     }
     let crc = crc32fast::hash(&out);
     out.extend_from_slice(&crc.to_le_bytes());
@@ -116,49 +287,65 @@ pub fn write(path: &Path, meta: &SnapshotMeta, index: &Index) -> Result<(), Snap
     Ok(())
 }
 
-/// Reads and checks a snapshot. `Ok(None)` when there is none.
-#[allow(clippy::type_complexity)]
+/// Reads and checks a snapshot, streaming: memory holds the index being built, never the
+/// whole file. `Ok(None)` when there is none.
 pub fn read(path: &Path) -> Result<Option<(SnapshotMeta, Index)>, SnapshotError> {
-    let bytes = match std::fs::read(path) {
-        Ok(bytes) => bytes,
+    let file = match std::fs::File::open(path) {
+        Ok(file) => file,
         Err(error) if error.kind() == io::ErrorKind::NotFound => return Ok(None),
         Err(error) => return Err(error.into()),
     };
-    decode(&bytes).map(Some)
+    let file_len = file.metadata()?.len();
+    decode(std::io::BufReader::with_capacity(1 << 20, file), file_len).map(Some)
 }
 
 fn damaged(what: &str) -> SnapshotError {
     SnapshotError::Damaged(what.to_string())
 }
 
-#[allow(clippy::type_complexity)]
-fn decode(bytes: &[u8]) -> Result<(SnapshotMeta, Index), SnapshotError> {
-    if bytes.len() < HEADER_BYTES + 4 {
+/// Reads exactly `buf.len()` bytes into `buf` and adds them to the running checksum; a short
+/// file is damage, not an I/O error.
+fn take(
+    reader: &mut impl io::Read,
+    crc: &mut crc32fast::Hasher,
+    buf: &mut [u8],
+) -> Result<(), SnapshotError> {
+    reader.read_exact(buf).map_err(|error| match error.kind() {
+        io::ErrorKind::UnexpectedEof => damaged("truncated"),
+        _ => SnapshotError::Io(error),
+    })?;
+    crc.update(buf);
+    Ok(())
+}
+
+fn decode(
+    mut reader: impl io::Read,
+    file_len: u64,
+) -> Result<(SnapshotMeta, Index), SnapshotError> {
+    if file_len < (HEADER_BYTES + 4) as u64 {
         return Err(damaged("shorter than its header"));
     }
-    let (body, trailer) = bytes.split_at(bytes.len() - 4);
-    let stored = u32::from_le_bytes([trailer[0], trailer[1], trailer[2], trailer[3]]);
-    if stored != crc32fast::hash(body) {
-        return Err(damaged("checksum mismatch"));
-    }
-    if body[..8] != MAGIC {
+    let mut crc = crc32fast::Hasher::new();
+    let mut header = [0u8; HEADER_BYTES];
+    take(&mut reader, &mut crc, &mut header)?;
+    if header[..8] != MAGIC {
         return Err(damaged("bad magic"));
     }
     let u64_at = |at: usize| {
         let mut word = [0u8; 8];
-        word.copy_from_slice(&body[at..at + 8]);
+        word.copy_from_slice(&header[at..at + 8]);
         u64::from_le_bytes(word)
     };
-    let u32_at = |at: usize| {
+    let u32_at = |bytes: &[u8], at: usize| {
         let mut word = [0u8; 4];
-        word.copy_from_slice(&body[at..at + 4]);
+        word.copy_from_slice(&bytes[at..at + 4]);
         u32::from_le_bytes(word)
     };
     let count = u64_at(8);
     let mut chain_head = [0u8; LINK_BYTES];
-    chain_head.copy_from_slice(&body[48..80]);
+    chain_head.copy_from_slice(&header[48..80]);
     let meta = SnapshotMeta {
-        covered_segment: u32_at(16),
+        covered_segment: u32_at(&header, 16),
         covered_offset: u64_at(24),
         next_sequence: u64_at(32),
         next_id: u64_at(40),
@@ -166,32 +353,40 @@ fn decode(bytes: &[u8]) -> Result<(SnapshotMeta, Index), SnapshotError> {
         record_count: u64_at(80),
     };
     // Each entry takes at least ENTRY_FIXED_BYTES: a count beyond that is a lie.
-    if count > ((body.len() - HEADER_BYTES) / ENTRY_FIXED_BYTES) as u64 {
+    if count > (file_len - (HEADER_BYTES + 4) as u64) / ENTRY_FIXED_BYTES as u64 {
         return Err(damaged("entry count larger than the file"));
     }
-    let mut index = Index::with_capacity_and_hasher(count as usize, Default::default());
-    let mut at = HEADER_BYTES;
+    let mut index = Index::with_capacity(count as usize);
+    let mut consumed = HEADER_BYTES as u64;
+    let mut key = [0u8; 256];
+    let mut fixed = [0u8; ENTRY_FIXED_BYTES - 1];
     for _ in 0..count {
-        let key_len = *body.get(at).ok_or_else(|| damaged("entry past the end"))? as usize;
-        let end = at + 1 + key_len + ENTRY_FIXED_BYTES - 1;
-        if end > body.len() {
-            return Err(damaged("entry past the end"));
+        take(&mut reader, &mut crc, &mut key[..1])?;
+        let key_len = key[0] as usize;
+        take(&mut reader, &mut crc, &mut key[1..1 + key_len])?;
+        take(&mut reader, &mut crc, &mut fixed)?;
+        let mut entry = Entry::new(
+            u32_at(&fixed, 0),
+            u32_at(&fixed, 4),
+            u32_at(&fixed, 8),
+            u32_at(&fixed, 12),
+        );
+        if fixed[16] & ENTRY_DAMAGED != 0 {
+            entry.mark_damaged();
         }
-        let key: Box<[u8]> = body[at + 1..at + 1 + key_len].into();
-        let fixed = at + 1 + key_len;
-        let entry = Entry {
-            segment: u32_at(fixed),
-            offset: u32_at(fixed + 4),
-            value_len: u32_at(fixed + 8),
-            value_crc: u32_at(fixed + 12),
-            timestamp_s: u32_at(fixed + 16),
-            flags: body[fixed + 20],
-        };
-        index.insert(key, entry);
-        at = end;
+        index.insert(Key::new(&key[1..1 + key_len]), entry);
+        consumed += (key_len + ENTRY_FIXED_BYTES) as u64;
     }
-    if at != body.len() {
+    if consumed + 4 != file_len {
         return Err(damaged("trailing bytes after the last entry"));
+    }
+    let computed = crc.finalize();
+    let mut trailer = [0u8; 4];
+    reader
+        .read_exact(&mut trailer)
+        .map_err(|_| damaged("truncated"))?;
+    if u32::from_le_bytes(trailer) != computed {
+        return Err(damaged("checksum mismatch"));
     }
     Ok((meta, index))
 }
@@ -214,15 +409,8 @@ mod tests {
         };
         let mut index = Index::default();
         for i in 0..100u32 {
-            let entry = Entry {
-                segment: 1,
-                offset: i * 100,
-                value_len: i,
-                value_crc: i ^ 7,
-                timestamp_s: i,
-                flags: 0,
-            };
-            index.insert(format!("key{i}").into_bytes().into_boxed_slice(), entry);
+            let entry = Entry::new(1, i * 100, i, i ^ 7);
+            index.insert(Key::new(format!("key{i}").as_bytes()), entry);
         }
         write(&path, &meta, &index).unwrap();
         let (meta2, index2) = read(&path).unwrap().unwrap();

@@ -224,6 +224,10 @@ pub fn execute(server: &ServerState, session: &mut Session, args: &[&[u8]], out:
             2 => reply::bulk(out, args[1]),
             _ => wrong_arity(out, name),
         },
+        "ECHO" => {
+            arity!(argc == 2);
+            reply::bulk(out, args[1]);
+        }
         "QUIT" => {
             reply::ok(out);
             session.closing = true;
@@ -301,14 +305,14 @@ pub fn execute(server: &ServerState, session: &mut Session, args: &[&[u8]], out:
         "LENGTH" => {
             arity!(argc == 2);
             match try_engine!(engine.entry(&ns, args[1])) {
-                Some(entry) => reply::integer(out, entry.value_len as i64),
+                Some(entry) => reply::integer(out, entry.value_len() as i64),
                 None => reply::nil(out),
             }
         }
         "KEYTIME" => {
             arity!(argc == 2);
-            match try_engine!(engine.entry(&ns, args[1])) {
-                Some(entry) => reply::integer(out, entry.timestamp_s as i64),
+            match try_engine!(engine.key_time(&ns, args[1])) {
+                Some(seconds) => reply::integer(out, seconds as i64),
                 None => reply::nil(out),
             }
         }
