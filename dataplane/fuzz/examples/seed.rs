@@ -9,7 +9,7 @@
 
 use std::path::{Path, PathBuf};
 
-use dataplane::log::index_file::{self, Entry, Index, SnapshotMeta};
+use dataplane::log::index_file::{self, Entry, Index, Key, SnapshotMeta};
 use dataplane::log::record::{self, NewRecord, FLAG_TOMBSTONE, LINK_BYTES};
 
 fn main() -> std::io::Result<()> {
@@ -146,13 +146,12 @@ fn index_seeds() -> std::io::Result<Vec<(&'static str, Vec<u8>)>> {
         chain_head: [0x5a; LINK_BYTES],
         record_count: 999,
     };
-    let entry = |i: u32| Entry {
-        segment: 1 + i % 3,
-        offset: i * 100,
-        value_len: i,
-        value_crc: i.wrapping_mul(0x9e37_79b9),
-        timestamp_s: 1_764_115_200 + i,
-        flags: (i % 2) as u8,
+    let entry = |i: u32| {
+        let mut entry = Entry::new(1 + i % 3, i * 100, i, i.wrapping_mul(0x9e37_79b9));
+        if i % 2 == 1 {
+            entry.mark_damaged();
+        }
+        entry
     };
     let snapshot = |index: &Index| -> std::io::Result<Vec<u8>> {
         let path: PathBuf = dir.join("seed.zdx");
@@ -164,12 +163,12 @@ fn index_seeds() -> std::io::Result<Vec<(&'static str, Vec<u8>)>> {
     let empty = snapshot(&Index::default())?;
     let mut three = Index::default();
     for i in 0..3 {
-        three.insert(format!("key{i}").into_bytes().into(), entry(i));
+        three.insert(Key::new(format!("key{i}").as_bytes()), entry(i));
     }
     let three = snapshot(&three)?;
     let mut long_keys = Index::default();
-    long_keys.insert(vec![0xffu8; 255].into(), entry(7));
-    long_keys.insert(Box::new([]), entry(8));
+    long_keys.insert(Key::new(&[0xffu8; 255]), entry(7));
+    long_keys.insert(Key::new(b""), entry(8));
     let long_keys = snapshot(&long_keys)?;
     let mut count_lie = three.clone();
     count_lie[8] = 4;

@@ -58,7 +58,7 @@ struct Args {
     #[arg(long, conflicts_with = "synctime")]
     sync: bool,
     /// Make writes durable at least every SECONDS seconds (default 1). A crash of the machine
-    /// loses at most that much; a crash of the process alone loses nothing already replied.
+    /// loses at most that much; a crash of the process alone at most the last millisecond.
     #[arg(long, value_name = "SECONDS")]
     synctime: Option<u64>,
     /// Admin password: admin commands need AUTH with it. Without it every client is admin.
@@ -87,6 +87,10 @@ struct Args {
     /// Bytes of recently read values kept in memory, per namespace (0: no cache).
     #[arg(long, default_value_t = dataplane::cache::CACHE_BYTES_DEFAULT, value_name = "BYTES")]
     cache_size: usize,
+    /// Compact a namespace by itself once this share of its log (over 64 MiB) is garbage
+    /// (overwritten or deleted values); 0 turns automatic compaction off (COMPACT still works).
+    #[arg(long, default_value_t = dataplane::engine::COMPACT_GARBAGE_RATIO_DEFAULT, value_name = "RATIO")]
+    compact_ratio: f64,
     /// Log more (debug level). RUST_LOG overrides.
     #[arg(long, short)]
     verbose: bool,
@@ -124,6 +128,13 @@ fn main() -> anyhow::Result<()> {
     config.segment_bytes_max = args.datasize;
     config.durability = durability;
     config.cache_bytes_max = args.cache_size;
+    if !(0.0..1.0).contains(&args.compact_ratio) {
+        bail!(
+            "--compact-ratio must be at least 0 and below 1 (got {})",
+            args.compact_ratio
+        );
+    }
+    config.compact_garbage_ratio = args.compact_ratio;
     config.default_mode = match args.mode {
         ModeArg::Seq => Mode::Seq,
         ModeArg::User | ModeArg::Mixed => Mode::User,
