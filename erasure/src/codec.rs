@@ -7,8 +7,7 @@
 //! Decoding checks all of it in reverse and never returns bytes that did not verify.
 //! Byte layouts are in `docs/design.md`.
 
-use aes_gcm::aead::{Aead, KeyInit, Payload};
-use aes_gcm::{Aes256Gcm, Nonce};
+use crate::aead::Aead;
 
 /// Bytes of the AES-256-GCM key.
 pub const KEY_BYTES: usize = 32;
@@ -417,7 +416,7 @@ pub struct EncodedChunk {
 
 /// Encodes and decodes chunks with one key and geometry.
 pub struct ChunkCodec {
-    cipher: Aes256Gcm,
+    cipher: Aead,
     reed_solomon: ReedSolomon,
     compression_level: i32,
 }
@@ -436,7 +435,7 @@ impl ChunkCodec {
     /// A codec with `key`, Reed-Solomon `rs` and zstd `compression_level` (0 disables).
     pub fn new(key: &[u8; KEY_BYTES], reed_solomon: ReedSolomon, compression_level: i32) -> Self {
         ChunkCodec {
-            cipher: Aes256Gcm::new(key.into()),
+            cipher: Aead::new(key),
             reed_solomon,
             compression_level,
         }
@@ -466,20 +465,9 @@ impl ChunkCodec {
         let mut aad = [0u8; 25];
         aad[..24].copy_from_slice(&place.associated_data());
         aad[24] = flags;
-        let ciphertext = self
-            .cipher
-            .encrypt(
-                Nonce::from_slice(&nonce_bytes),
-                Payload {
-                    msg: body,
-                    aad: &aad,
-                },
-            )
-            .map_err(|_| CodecError::InvalidParameters("encryption failed".into()))?;
-        let mut sealed = Vec::with_capacity(SEALED_HEADER_BYTES + ciphertext.len());
+        let mut sealed = Vec::with_capacity(SEALED_HEADER_BYTES + body.len() + TAG_BYTES);
         sealed.push(flags);
-        sealed.extend_from_slice(&nonce_bytes);
-        sealed.extend_from_slice(&ciphertext);
+        self.cipher.seal_into(nonce_bytes, &aad, body, &mut sealed);
         Ok(sealed)
     }
 
@@ -499,14 +487,8 @@ impl ChunkCodec {
         aad[24] = flags;
         let body = self
             .cipher
-            .decrypt(
-                Nonce::from_slice(&sealed[1..SEALED_HEADER_BYTES]),
-                Payload {
-                    msg: &sealed[SEALED_HEADER_BYTES..],
-                    aad: &aad,
-                },
-            )
-            .map_err(|_| CodecError::Decrypt)?;
+            .open(&aad, &sealed[1..])
+            .ok_or(CodecError::Decrypt)?;
         let plain = if flags & FLAG_COMPRESSED != 0 {
             zstd::bulk::decompress(&body, info.plain_bytes as usize)
                 .map_err(|e| CodecError::Decompress(e.to_string()))?

@@ -8,6 +8,7 @@
 //!
 //! Why each dependency is here is said beside it in `Cargo.toml`.
 
+mod aead;
 pub mod codec;
 pub mod config;
 pub mod daemon;

@@ -4,8 +4,7 @@
 //! data, so a record copied under another key does not open. Byte layouts are in
 //! `docs/design.md`. No I/O here.
 
-use aes_gcm::aead::{Aead, KeyInit, Payload};
-use aes_gcm::{Aes256Gcm, Nonce};
+use crate::aead::Aead;
 
 use crate::codec::{ChunkInfo, RsCodecId, KEY_BYTES, NONCE_BYTES};
 
@@ -165,7 +164,7 @@ impl<'a> Reader<'a> {
 
 /// Seals and opens metadata records with the config key.
 pub struct MetaCodec {
-    cipher: Aes256Gcm,
+    cipher: Aead,
 }
 
 impl std::fmt::Debug for MetaCodec {
@@ -178,26 +177,15 @@ impl MetaCodec {
     /// A codec with the config key.
     pub fn new(key: &[u8; KEY_BYTES]) -> Self {
         MetaCodec {
-            cipher: Aes256Gcm::new(key.into()),
+            cipher: Aead::new(key),
         }
     }
 
     fn seal(&self, kind: u8, record_key: &[u8], body: &[u8]) -> Vec<u8> {
         let nonce: [u8; NONCE_BYTES] = rand::random();
-        // AES-GCM only fails on inputs over 64 GiB; records are bounded far below that.
-        let ciphertext = self
-            .cipher
-            .encrypt(
-                Nonce::from_slice(&nonce),
-                Payload {
-                    msg: body,
-                    aad: record_key,
-                },
-            )
-            .unwrap_or_default();
-        let mut sealed_body = Vec::with_capacity(NONCE_BYTES + ciphertext.len());
-        sealed_body.extend_from_slice(&nonce);
-        sealed_body.extend_from_slice(&ciphertext);
+        let mut sealed_body = Vec::with_capacity(NONCE_BYTES + body.len() + 16);
+        self.cipher
+            .seal_into(nonce, record_key, body, &mut sealed_body);
         let mut record = Vec::with_capacity(RECORD_HEADER_BYTES + sealed_body.len());
         record.extend_from_slice(RECORD_MAGIC);
         record.push(RECORD_VERSION);
@@ -244,15 +232,7 @@ impl MetaCodec {
         if hasher.finalize() != stored_crc {
             return Err(MetaError::Corrupt("crc32 mismatch".into()));
         }
-        self.cipher
-            .decrypt(
-                Nonce::from_slice(&body[..NONCE_BYTES]),
-                Payload {
-                    msg: &body[NONCE_BYTES..],
-                    aad: record_key,
-                },
-            )
-            .map_err(|_| MetaError::Decrypt)
+        self.cipher.open(record_key, body).ok_or(MetaError::Decrypt)
     }
 
     /// Encodes a head record; returns (key, record).

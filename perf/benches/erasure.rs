@@ -64,6 +64,20 @@ fn stages(c: &mut Criterion) {
                 .map(|out| out.len())
         })
     });
+    let ring_key = ring::aead::LessSafeKey::new(
+        ring::aead::UnboundKey::new(&ring::aead::AES_256_GCM, &[7u8; 32]).unwrap(),
+    );
+    group.bench_function("aes-256-gcm-ring", |b| {
+        let mut buffer = Vec::with_capacity(CHUNK_BYTES + 16);
+        b.iter(|| {
+            buffer.clear();
+            buffer.extend_from_slice(&data);
+            let nonce = ring::aead::Nonce::assume_unique_for_key([1; 12]);
+            ring_key
+                .seal_in_place_append_tag(nonce, ring::aead::Aad::empty(), black_box(&mut buffer))
+                .unwrap();
+        })
+    });
     group.finish();
 }
 
