@@ -705,18 +705,19 @@ impl Engine {
         self.check_failed()?;
         let mut state = lock(&namespace.state);
         state.writable()?;
-        let key_owned: Vec<u8> = match state.settings.mode {
-            Mode::User => key.to_vec(),
-            Mode::Seq if key.is_empty() => state.next_id.to_le_bytes().to_vec(),
+        let new_id = state.next_id.to_le_bytes();
+        let key_owned: &[u8] = match state.settings.mode {
+            Mode::User => key,
+            Mode::Seq if key.is_empty() => &new_id,
             Mode::Seq => {
                 if key.len() != 8 || !state.index.contains_key(key) {
                     return Err(EngineError::InvalidSeqKey);
                 }
-                key.to_vec()
+                key
             }
         };
         let value_crc = crc32fast::hash(value);
-        let previous = state.index.get(key_owned.as_slice()).copied();
+        let previous = state.index.get(key_owned).copied();
         if let Some(old) = previous {
             if state.settings.worm {
                 return Err(EngineError::Worm);
@@ -727,7 +728,7 @@ impl Engine {
             {
                 // Probably the same value: compare the bytes to be sure.
                 let (record_bytes, _) =
-                    self.read_record_locked(namespace, state, &key_owned, old)?;
+                    self.read_record_locked(namespace, state, key_owned, old)?;
                 let same = &record_bytes[HEADER_BYTES + key_owned.len()..] == value;
                 if same {
                     return Ok(SetOutcome::Unchanged);
@@ -738,7 +739,7 @@ impl Engine {
         }
         // Only after the comparison above released the lock can the key have changed.
         let previous = if previous.is_some() {
-            state.index.get(key_owned.as_slice()).copied()
+            state.index.get(key_owned).copied()
         } else {
             previous
         };
@@ -757,7 +758,7 @@ impl Engine {
             namespace,
             &NewRecord {
                 flags: 0,
-                key: &key_owned,
+                key: key_owned,
                 value,
                 value_crc,
                 timestamp_us,
@@ -773,10 +774,10 @@ impl Engine {
         }
         let assigned_id = (state.settings.mode == Mode::Seq && key.is_empty()).then(|| {
             let mut id = [0u8; 8];
-            id.copy_from_slice(&key_owned);
+            id.copy_from_slice(key_owned);
             u64::from_le_bytes(id)
         });
-        state.index.insert(Key::new(&key_owned), entry);
+        state.index.insert(Key::new(key_owned), entry);
         let ticket = self.issued_ticket.fetch_add(1, Ordering::AcqRel) + 1;
         drop(state);
         self.wake_flusher();
