@@ -1,0 +1,3 @@
+module zstor
+
+go 1.19
