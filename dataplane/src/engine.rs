@@ -1963,21 +1963,8 @@ impl Engine {
             self.flush_now(namespace)?;
             return self.write_snapshot(namespace);
         }
-        let meta = SnapshotMeta {
-            covered_segment: state.active_segment,
-            covered_offset: state.append_offset,
-            next_sequence: state.next_sequence,
-            next_id: state.next_id,
-            chain_head: state.chain_head,
-            record_count: state.record_count,
-        };
-        let index = state.index.clone();
-        drop(state);
-        index_file::write(&namespace.index_dir.join(SNAPSHOT_FILE), &meta, &index)
+        save_snapshot(namespace, state)
             .map_err(|e| EngineError::Failed(format!("index snapshot: {e}")))?;
-        let mut state = lock(&namespace.state);
-        state.snapshot_due = false;
-        state.last_snapshot = Instant::now();
         Ok(())
     }
 
@@ -2214,27 +2201,8 @@ impl Engine {
             if !due || !state.pending.is_empty() || !state.inflight.is_empty() || state.deleted {
                 continue;
             }
-            let meta = SnapshotMeta {
-                covered_segment: state.active_segment,
-                covered_offset: state.append_offset,
-                next_sequence: state.next_sequence,
-                next_id: state.next_id,
-                chain_head: state.chain_head,
-                record_count: state.record_count,
-            };
-            let index = state.index.clone();
-            drop(state);
-            let path = namespace.index_dir.join(SNAPSHOT_FILE);
-            match index_file::write(&path, &meta, &index) {
-                Ok(()) => {
-                    let mut state = lock(&namespace.state);
-                    state.snapshot_due = false;
-                    state.last_snapshot = Instant::now();
-                    state.changed_since_snapshot = state.next_sequence != meta.next_sequence;
-                }
-                Err(error) => {
-                    tracing::warn!(namespace = namespace.name, %error, "index snapshot not written")
-                }
+            if let Err(error) = save_snapshot(namespace, state) {
+                tracing::warn!(namespace = namespace.name, %error, "index snapshot not written");
             }
         }
     }
@@ -2335,6 +2303,30 @@ fn empty_state(settings: Settings, cache_bytes_max: usize) -> NsState {
         last_snapshot: Instant::now(),
         deleted: false,
     }
+}
+
+/// Writes the index snapshot of a namespace from its current state (the caller made sure no
+/// record is pending, so the covered point is on disk), then releases and records it.
+fn save_snapshot(
+    namespace: &Namespace,
+    state: MutexGuard<'_, NsState>,
+) -> std::result::Result<(), index_file::SnapshotError> {
+    let meta = SnapshotMeta {
+        covered_segment: state.active_segment,
+        covered_offset: state.append_offset,
+        next_sequence: state.next_sequence,
+        next_id: state.next_id,
+        chain_head: state.chain_head,
+        record_count: state.record_count,
+    };
+    let index = state.index.clone();
+    drop(state);
+    index_file::write(&namespace.index_dir.join(SNAPSHOT_FILE), &meta, &index)?;
+    let mut state = lock(&namespace.state);
+    state.snapshot_due = false;
+    state.last_snapshot = Instant::now();
+    state.changed_since_snapshot = state.next_sequence != meta.next_sequence;
+    Ok(())
 }
 
 fn write_settings(dir: &Path, settings: &Settings) -> io::Result<()> {

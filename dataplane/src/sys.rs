@@ -256,7 +256,7 @@ impl StorageIo for PosixIo {
 mod tests {
     use super::*;
 
-    fn roundtrip(io: &dyn StorageIo) {
+    fn scratch_file() -> (tempfile::TempDir, File) {
         let dir = tempfile::tempdir().unwrap();
         let file = File::options()
             .read(true)
@@ -265,6 +265,11 @@ mod tests {
             .truncate(true)
             .open(dir.path().join("f"))
             .unwrap();
+        (dir, file)
+    }
+
+    fn roundtrip(io: &dyn StorageIo) {
+        let (_dir, file) = scratch_file();
         let a = vec![7u8; 100_000];
         let b = b"hello".to_vec();
         io.write_batch(
@@ -306,14 +311,7 @@ mod tests {
 
     #[test]
     fn uring_many_writes_span_rounds() {
-        let dir = tempfile::tempdir().unwrap();
-        let file = File::options()
-            .read(true)
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .open(dir.path().join("f"))
-            .unwrap();
+        let (_dir, file) = scratch_file();
         let chunks: Vec<Vec<u8>> = (0..1000u32).map(|i| i.to_le_bytes().to_vec()).collect();
         let writes: Vec<WriteRequest<'_>> = chunks
             .iter()
