@@ -12,9 +12,9 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use fuser::{
     AccessFlags, Config, Errno, FileAttr, FileHandle, FileType, Filesystem, FopenFlags, Generation,
-    INodeNo, IoctlFlags, LockOwner, MountOption, OpenFlags, ReplyAttr, ReplyData, ReplyDirectory,
-    ReplyDirectoryPlus, ReplyEmpty, ReplyEntry, ReplyIoctl, ReplyLseek, ReplyOpen, ReplyStatfs,
-    ReplyXattr, Request, SessionACL,
+    INodeNo, InitFlags, IoctlFlags, KernelConfig, LockOwner, MountOption, OpenFlags, ReplyAttr,
+    ReplyData, ReplyDirectory, ReplyDirectoryPlus, ReplyEmpty, ReplyEntry, ReplyIoctl, ReplyLseek,
+    ReplyOpen, ReplyStatfs, ReplyXattr, Request, SessionACL,
 };
 
 use crate::format::mode;
@@ -22,6 +22,8 @@ use crate::fs::{Attr, FsCore, FsError};
 
 /// How long the kernel may cache entries and attributes (the flist never changes).
 pub const CACHE_TTL: Duration = Duration::from_secs(3600);
+/// Read-ahead asked of the kernel (it may grant less).
+pub const READ_AHEAD_BYTES_MAX: u32 = 4 * 1024 * 1024;
 /// Default FUSE worker threads.
 pub const FUSE_THREADS_DEFAULT: usize = 4;
 
@@ -84,6 +86,24 @@ fn file_attr(attr: &Attr) -> FileAttr {
 }
 
 impl Filesystem for FuseAdapter {
+    /// Asks for what suits an immutable tree: readdirplus (attributes with listings),
+    /// parallel lookups, cached symlinks, and a large read-ahead (reads are served in
+    /// chunks, so the kernel may as well ask for whole ones).
+    fn init(&mut self, _request: &Request, config: &mut KernelConfig) -> std::io::Result<()> {
+        let wanted = InitFlags::FUSE_DO_READDIRPLUS
+            | InitFlags::FUSE_READDIRPLUS_AUTO
+            | InitFlags::FUSE_PARALLEL_DIROPS
+            | InitFlags::FUSE_CACHE_SYMLINKS;
+        // Flags the kernel lacks are simply not used.
+        if let Err(missing) = config.add_capabilities(wanted) {
+            let _ = config.add_capabilities(wanted - missing);
+        }
+        if let Err(nearest) = config.set_max_readahead(READ_AHEAD_BYTES_MAX) {
+            let _ = config.set_max_readahead(nearest);
+        }
+        Ok(())
+    }
+
     fn lookup(&self, _request: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
         match self.core.lookup(parent.0, name.as_bytes()) {
             Ok(attr) => reply.entry(&CACHE_TTL, &file_attr(&attr), Generation(0)),
