@@ -171,6 +171,12 @@ where
                         }
                     }
                     input.advance(consumed);
+                    if let Some(job) = session.slow.take() {
+                        let reply = tokio::task::spawn_blocking(job)
+                            .await
+                            .map_err(std::io::Error::other)?;
+                        out.extend_from_slice(&reply);
+                    }
                     if session.closing {
                         break;
                     }

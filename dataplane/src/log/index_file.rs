@@ -36,20 +36,26 @@ const MAGIC: [u8; 8] = *b"ZDBIDX01";
 const HEADER_BYTES: usize = 96;
 const ENTRY_FIXED_BYTES: usize = 1 + 4 * 4 + 1;
 
-type Shard = std::collections::HashMap<Key, Entry, foldhash::fast::RandomState>;
+type Shard = hashbrown::HashTable<(Key, Entry)>;
 
 /// Shards of the index. Each grows on its own, so growing never needs twice the memory of
 /// the whole index at once (nor pauses to move all of it).
 const SHARDS: usize = 16;
 
-/// The in-memory index of a namespace: key to where its live record is. foldhash is seeded
-/// at random per process (keys are chosen by clients) and several times faster than SipHash.
-/// A slot is 40 bytes (a key of up to 22 bytes inline, an [`Entry`] of 16), so a million
-/// 16-byte keys take under 100 MB, including while the index grows.
-#[derive(Debug, Clone)]
+/// The in-memory index of a namespace: key to where its live record is. One foldhash per
+/// operation (seeded at random per process, since clients choose the keys) picks the shard
+/// and the slot. A slot is 40 bytes (a key of up to 22 bytes inline, an [`Entry`] of 16), so
+/// a million 16-byte keys take under 100 MB, including while the index grows.
+#[derive(Clone)]
 pub struct Index {
-    router: foldhash::fast::FixedState,
+    hasher: foldhash::fast::FixedState,
     shards: Vec<Shard>,
+}
+
+impl std::fmt::Debug for Index {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Index").field("len", &self.len()).finish()
+    }
 }
 
 impl Default for Index {
@@ -60,25 +66,36 @@ impl Default for Index {
 
 impl Index {
     pub fn with_capacity(capacity: usize) -> Self {
-        let router = foldhash::fast::FixedState::with_seed(rand::random());
+        let hasher = foldhash::fast::FixedState::with_seed(rand::random());
         let shards = (0..SHARDS)
-            .map(|_| Shard::with_capacity_and_hasher(capacity / SHARDS, Default::default()))
+            .map(|_| Shard::with_capacity(capacity / SHARDS))
             .collect();
-        Index { router, shards }
+        Index { hasher, shards }
     }
 
-    fn shard(&self, key: &[u8]) -> usize {
+    fn hash(&self, key: &[u8]) -> u64 {
         use std::hash::BuildHasher;
-        (self.router.hash_one(key) >> 60) as usize % SHARDS
+        self.hasher.hash_one(key)
+    }
+
+    /// The shard of a hash: bits the tables themselves do not use (they take the low bits
+    /// for the bucket and the top seven as tags).
+    fn shard(hash: u64) -> usize {
+        (hash >> 48) as usize % SHARDS
     }
 
     pub fn get(&self, key: &[u8]) -> Option<&Entry> {
-        self.shards[self.shard(key)].get(key)
+        let hash = self.hash(key);
+        self.shards[Self::shard(hash)]
+            .find(hash, |(k, _)| k.as_bytes() == key)
+            .map(|(_, e)| e)
     }
 
     pub fn get_mut(&mut self, key: &[u8]) -> Option<&mut Entry> {
-        let shard = self.shard(key);
-        self.shards[shard].get_mut(key)
+        let hash = self.hash(key);
+        self.shards[Self::shard(hash)]
+            .find_mut(hash, |(k, _)| k.as_bytes() == key)
+            .map(|(_, e)| e)
     }
 
     pub fn contains_key(&self, key: &[u8]) -> bool {
@@ -86,13 +103,24 @@ impl Index {
     }
 
     pub fn insert(&mut self, key: Key, entry: Entry) -> Option<Entry> {
-        let shard = self.shard(key.as_bytes());
-        self.shards[shard].insert(key, entry)
+        use std::hash::BuildHasher;
+        let hash = self.hash(key.as_bytes());
+        let hasher = &self.hasher;
+        let shard = &mut self.shards[Self::shard(hash)];
+        if let Some((_, slot)) = shard.find_mut(hash, |(k, _)| *k == key) {
+            return Some(std::mem::replace(slot, entry));
+        }
+        shard.insert_unique(hash, (key, entry), |(k, _)| hasher.hash_one(k.as_bytes()));
+        None
     }
 
     pub fn remove(&mut self, key: &[u8]) -> Option<Entry> {
-        let shard = self.shard(key);
-        self.shards[shard].remove(key)
+        let hash = self.hash(key);
+        let shard = &mut self.shards[Self::shard(hash)];
+        match shard.find_entry(hash, |(k, _)| k.as_bytes() == key) {
+            Ok(occupied) => Some(occupied.remove().0 .1),
+            Err(_) => None,
+        }
     }
 
     pub fn len(&self) -> usize {
@@ -108,7 +136,9 @@ impl Index {
     }
 
     pub fn iter(&self) -> impl Iterator<Item = (&Key, &Entry)> {
-        self.shards.iter().flat_map(|s| s.iter())
+        self.shards
+            .iter()
+            .flat_map(|s| s.iter().map(|(k, e)| (k, e)))
     }
 
     pub fn keys(&self) -> impl Iterator<Item = &Key> {

@@ -36,7 +36,6 @@ pub struct ServerState {
 }
 
 /// One client's state.
-#[derive(Debug)]
 pub struct Session {
     pub namespace: Arc<Namespace>,
     pub admin: bool,
@@ -46,7 +45,25 @@ pub struct Session {
     pub pending_ticket: u64,
     /// Set by QUIT (or a fatal condition): close after replying.
     pub closing: bool,
+    /// A command that takes long (VERIFY, COMPACT, CHAIN PROOF): the connection runs it on a
+    /// blocking thread, so no client waits behind it, and appends its reply in order.
+    pub slow: Option<SlowJob>,
 }
+
+impl std::fmt::Debug for Session {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Session")
+            .field("namespace", &self.namespace.name())
+            .field("admin", &self.admin)
+            .field("can_write", &self.can_write)
+            .field("pending_ticket", &self.pending_ticket)
+            .field("slow", &self.slow.is_some())
+            .finish_non_exhaustive()
+    }
+}
+
+/// Work of a slow command, returning its encoded reply.
+pub type SlowJob = Box<dyn FnOnce() -> Vec<u8> + Send>;
 
 fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
     if a.len() != b.len() {
@@ -74,6 +91,7 @@ impl Session {
             challenge: None,
             pending_ticket: 0,
             closing: false,
+            slow: None,
         };
         session.can_write = session.default_write(server);
         Ok(session)
@@ -678,43 +696,60 @@ pub fn execute(server: &ServerState, session: &mut Session, args: &[&[u8]], out:
                 return fail(out, "ERR CHAIN PROOF takes record numbers");
             };
             let count = count.min(CHAIN_PROOF_DIGESTS_MAX);
-            match tokio::task::block_in_place(|| engine.chain_digests(&target, from, count)) {
-                Ok(digests) => {
-                    reply::array(out, digests.len());
-                    for digest in digests {
-                        reply::bulk(out, &digest);
+            let engine = Arc::clone(&server.engine);
+            session.slow = Some(Box::new(move || {
+                let mut out = Vec::new();
+                match engine.chain_digests(&target, from, count) {
+                    Ok(digests) => {
+                        reply::array(&mut out, digests.len());
+                        for digest in digests {
+                            reply::bulk(&mut out, &digest);
+                        }
                     }
+                    Err(failure) => fail(&mut out, &format!("ERR {failure}")),
                 }
-                Err(failure) => fail(out, &format!("ERR {failure}")),
-            }
+                out
+            }));
         }
         "VERIFY" => {
             arity!(argc == 2);
             need_admin!();
             let target = try_engine!(engine.namespace(&text(args[1])));
-            match tokio::task::block_in_place(|| engine.verify(&target)) {
-                Ok(_) => reply::ok(out),
-                Err(failure) => fail(out, &format!("ERR VERIFY failed: {failure}")),
-            }
+            let engine = Arc::clone(&server.engine);
+            session.slow = Some(Box::new(move || {
+                let mut out = Vec::new();
+                match engine.verify(&target) {
+                    Ok(_) => reply::ok(&mut out),
+                    Err(failure) => fail(&mut out, &format!("ERR VERIFY failed: {failure}")),
+                }
+                out
+            }));
         }
         "COMPACT" => {
             arity!(argc == 2);
             need_admin!();
             let target = try_engine!(engine.namespace(&text(args[1])));
-            let report = try_engine!(tokio::task::block_in_place(|| engine.compact(&target)));
-            reply::simple(
-                out,
-                &format!(
-                    "OK segments {} -> {}, bytes {} -> {}, records kept {}, dropped {}, longest pause {} us",
-                    report.segments_before,
-                    report.segments_after,
-                    report.log_bytes_before,
-                    report.log_bytes_after,
-                    report.records_carried,
-                    report.records_dropped,
-                    report.pause_max_us
-                ),
-            );
+            let engine = Arc::clone(&server.engine);
+            session.slow = Some(Box::new(move || {
+                let mut out = Vec::new();
+                match engine.compact(&target) {
+                    Ok(report) => reply::simple(
+                        &mut out,
+                        &format!(
+                            "OK segments {} -> {}, bytes {} -> {}, records kept {}, dropped {}, longest pause {} us",
+                            report.segments_before,
+                            report.segments_after,
+                            report.log_bytes_before,
+                            report.log_bytes_after,
+                            report.records_carried,
+                            report.records_dropped,
+                            report.pause_max_us
+                        ),
+                    ),
+                    Err(error) => engine_error(&mut out, &error),
+                }
+                out
+            }));
         }
         "STOP" => {
             need_admin!();
