@@ -563,3 +563,38 @@ fn unix_socket_and_client_library() {
     });
     zdb.stop();
 }
+
+#[test]
+fn posix_fallback_serves_the_same() {
+    let dir = tempfile::tempdir().unwrap();
+    let zdb = Zdb::start(dir.path(), &["--io", "posix", "--sync"]);
+    let mut con = zdb.connection();
+    let info = bulk(cmd(&mut con, &[b"INFO"]).unwrap()).unwrap();
+    assert!(String::from_utf8_lossy(&info).contains("io_backend: posix"));
+    for i in 0..200 {
+        assert_eq!(
+            bulk(
+                cmd(
+                    &mut con,
+                    &[b"SET", format!("k{i}").as_bytes(), &vec![i as u8; 5000]]
+                )
+                .unwrap()
+            ),
+            Some(format!("k{i}").into_bytes())
+        );
+    }
+    drop(con);
+    let zdb = zdb.restart();
+    let mut con = zdb.connection();
+    for i in 0..200 {
+        assert_eq!(
+            bulk(cmd(&mut con, &[b"GET", format!("k{i}").as_bytes()]).unwrap()),
+            Some(vec![i as u8; 5000])
+        );
+    }
+    assert_eq!(
+        cmd(&mut con, &[b"VERIFY", b"default"]).unwrap(),
+        Value::Okay
+    );
+    zdb.stop();
+}

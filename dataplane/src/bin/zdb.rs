@@ -15,6 +15,16 @@ use dataplane::resp::commands::ServerState;
 use dataplane::server::{self, ListenConfig, CONNECTIONS_MAX_DEFAULT};
 
 #[derive(Debug, Clone, Copy, ValueEnum)]
+enum IoArg {
+    /// io_uring when a ring can be set up here, else positional reads and writes (logged).
+    Auto,
+    /// io_uring, or fail to start.
+    Uring,
+    /// Positional reads and writes (pread, pwrite, fdatasync).
+    Posix,
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
 enum ModeArg {
     /// Clients choose their keys (binary, up to 255 bytes).
     User,
@@ -91,6 +101,9 @@ struct Args {
     /// (overwritten or deleted values); 0 turns automatic compaction off (COMPACT still works).
     #[arg(long, default_value_t = dataplane::engine::COMPACT_GARBAGE_RATIO_DEFAULT, value_name = "RATIO")]
     compact_ratio: f64,
+    /// Disk I/O backend.
+    #[arg(long, value_enum, default_value = "auto")]
+    io: IoArg,
     /// Log more (debug level). RUST_LOG overrides.
     #[arg(long, short)]
     verbose: bool,
@@ -139,7 +152,15 @@ fn main() -> anyhow::Result<()> {
         ModeArg::Seq => Mode::Seq,
         ModeArg::User | ModeArg::Mixed => Mode::User,
     };
-    let io = dataplane::sys::default_io();
+    let io: Arc<dyn dataplane::sys::StorageIo> = match args.io {
+        IoArg::Auto => dataplane::sys::default_io(),
+        IoArg::Uring => {
+            io_uring::IoUring::new(dataplane::sys::RING_ENTRIES)
+                .context("--io uring: cannot set up an io_uring")?;
+            Arc::new(dataplane::sys::UringIo::new())
+        }
+        IoArg::Posix => Arc::new(dataplane::sys::PosixIo),
+    };
     tracing::info!(io = io.name(), data = %args.data.display(), index = %args.index.display(), ?durability, "opening");
     let engine = Engine::open(config, io)
         .with_context(|| format!("opening the data in {}", args.data.display()))?;
