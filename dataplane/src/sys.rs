@@ -69,6 +69,12 @@ impl UringIo {
         Self { _private: () }
     }
 
+    /// An io_uring backend, after checking that a ring can be set up here.
+    pub fn probe() -> io::Result<Self> {
+        IoUring::new(RING_ENTRIES)?;
+        Ok(Self::new())
+    }
+
     fn with_ring<T>(f: impl FnOnce(&mut IoUring) -> io::Result<T>) -> io::Result<T> {
         RING.with(|cell| {
             let mut slot = cell.borrow_mut();

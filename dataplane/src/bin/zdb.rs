@@ -154,11 +154,9 @@ fn main() -> anyhow::Result<()> {
     };
     let io: Arc<dyn dataplane::sys::StorageIo> = match args.io {
         IoArg::Auto => dataplane::sys::default_io(),
-        IoArg::Uring => {
-            io_uring::IoUring::new(dataplane::sys::RING_ENTRIES)
-                .context("--io uring: cannot set up an io_uring")?;
-            Arc::new(dataplane::sys::UringIo::new())
-        }
+        IoArg::Uring => Arc::new(
+            dataplane::sys::UringIo::probe().context("--io uring: cannot set up an io_uring")?,
+        ),
         IoArg::Posix => Arc::new(dataplane::sys::PosixIo),
     };
     tracing::info!(io = io.name(), data = %args.data.display(), index = %args.index.display(), ?durability, "opening");
