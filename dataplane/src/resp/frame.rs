@@ -49,12 +49,23 @@ fn find_crlf(buf: &[u8], from: usize) -> Option<usize> {
     }
 }
 
+/// A decimal length as Redis writes them: an optional '-', then digits without leading zeros.
 fn parse_decimal(bytes: &[u8]) -> Option<i64> {
-    let text = std::str::from_utf8(bytes).ok()?;
-    if text.is_empty() || text.len() > 18 {
+    let (negative, digits) = match bytes.split_first() {
+        Some((b'-', rest)) => (true, rest),
+        _ => (false, bytes),
+    };
+    if digits.is_empty() || digits.len() > 18 || (digits.len() > 1 && digits[0] == b'0') {
         return None;
     }
-    text.parse().ok()
+    let mut value: i64 = 0;
+    for &digit in digits {
+        if !digit.is_ascii_digit() {
+            return None;
+        }
+        value = value * 10 + i64::from(digit - b'0');
+    }
+    Some(if negative { -value } else { value })
 }
 
 /// Parses one command from the front of `buf`. On success, `args` holds the ranges of its
@@ -304,6 +315,11 @@ mod tests {
             Err(ProtocolError::MissingCrlf)
         );
         assert_eq!(parse(b"GET \"unterminated\r\n"), Err(ProtocolError::Quotes));
+        assert_eq!(parse(b"*+1\r\n"), Err(ProtocolError::ArrayLength));
+        assert_eq!(
+            parse(b"*1\r\n$03\r\nabc\r\n"),
+            Err(ProtocolError::BulkLength)
+        );
     }
 
     proptest::proptest! {
