@@ -414,6 +414,25 @@ pub struct EncodedChunk {
     pub shards: Vec<Vec<u8>>,
 }
 
+/// Bytes of each of the three samples that decide whether a large chunk is worth compressing.
+const COMPRESSION_SAMPLE_BYTES: usize = 16 * 1024;
+
+/// Estimates from three samples (head, middle, tail) whether zstd can shrink `plain`: random
+/// or already compressed data (most large objects) then skips a full compression attempt
+/// that would be thrown away. Small chunks are always tried.
+fn worth_compressing(plain: &[u8]) -> bool {
+    if plain.len() < 8 * COMPRESSION_SAMPLE_BYTES {
+        return true;
+    }
+    let middle = plain.len() / 2 - COMPRESSION_SAMPLE_BYTES / 2;
+    let tail = plain.len() - COMPRESSION_SAMPLE_BYTES;
+    [0, middle, tail].iter().any(|&start| {
+        let sample = &plain[start..start + COMPRESSION_SAMPLE_BYTES];
+        zstd::bulk::compress(sample, 1)
+            .is_ok_and(|compressed| compressed.len() < sample.len() * 97 / 100)
+    })
+}
+
 /// Encodes and decodes chunks with one key and geometry.
 pub struct ChunkCodec {
     cipher: Aead,
@@ -449,11 +468,12 @@ impl ChunkCodec {
     /// Compresses (when it pays) and encrypts a chunk: `flags | nonce | ciphertext+tag`.
     pub fn seal(&self, place: ChunkPlace, plain: &[u8]) -> Result<Vec<u8>, CodecError> {
         let mut flags = 0u8;
-        let compressed = if self.compression_level > 0 && !plain.is_empty() {
-            zstd::bulk::compress(plain, self.compression_level).ok()
-        } else {
-            None
-        };
+        let compressed =
+            if self.compression_level > 0 && !plain.is_empty() && worth_compressing(plain) {
+                zstd::bulk::compress(plain, self.compression_level).ok()
+            } else {
+                None
+            };
         let body: &[u8] = match &compressed {
             Some(compressed) if compressed.len() < plain.len() => {
                 flags |= FLAG_COMPRESSED;
@@ -753,6 +773,15 @@ mod tests {
                 .unwrap_err(),
             CodecError::Decrypt
         );
+    }
+
+    #[test]
+    fn mostly_random_chunks_with_a_compressible_part_are_still_compressed() {
+        let codec = codec(RsCodecId::DEFAULT, 4, 2);
+        let mut data: Vec<u8> = (0..1 << 20).map(|_| rand::random::<u8>()).collect();
+        data[(1 << 20) - 300_000..].fill(0);
+        let encoded = codec.encode(PLACE, &data).unwrap();
+        assert!((encoded.info.sealed_bytes as usize) < data.len() - 200_000);
     }
 
     #[test]

@@ -1,0 +1,271 @@
+//! `zos stor` as a user drives it, over six real zdb servers: init (and its refusal to
+//! overwrite), put from a file and from stdin, get to a file and to stdout, ls/status/check
+//! with --json, a dead backend during a put (stored, queued), repair, rm, and clear failures.
+//!
+//! Needs the `zdb` binary: `ZDB_BIN`, or built with cargo into this test's target directory.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::io::Write;
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+fn zdb_binary() -> PathBuf {
+    if let Some(path) = std::env::var_os("ZDB_BIN") {
+        return PathBuf::from(path);
+    }
+    let zos = PathBuf::from(env!("CARGO_BIN_EXE_zos"));
+    let profile_dir = zos.parent().unwrap().to_path_buf();
+    let zdb = profile_dir.join("zdb");
+    if !zdb.exists() {
+        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+        let mut command = Command::new(cargo);
+        command
+            .args(["build", "-p", "dataplane", "--bin", "zdb"])
+            .env("CARGO_TARGET_DIR", profile_dir.parent().unwrap());
+        if profile_dir.file_name().unwrap() == "release" {
+            command.arg("--release");
+        }
+        assert!(
+            command.status().expect("running cargo").success(),
+            "building zdb failed"
+        );
+    }
+    zdb
+}
+
+struct Zdb(Child);
+
+impl Drop for Zdb {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn start_zdb(binary: &Path, folder: &Path) -> (Zdb, u16) {
+    let port = TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    (start_zdb_on(binary, folder, port), port)
+}
+
+fn start_zdb_on(binary: &Path, folder: &Path, port: u16) -> Zdb {
+    let child = Command::new(binary)
+        .args(["--listen", "127.0.0.1", "--port", &port.to_string()])
+        .arg("--data")
+        .arg(folder.join("data"))
+        .arg("--index")
+        .arg(folder.join("index"))
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("starting zdb");
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(Instant::now() < deadline, "zdb did not start");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    Zdb(child)
+}
+
+fn zos(args: &[&str], config: &Path, state: &Path) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_zos"))
+        .args(args)
+        .arg("--config")
+        .arg(config)
+        .env("XDG_STATE_HOME", state)
+        .env_remove("RUST_BACKTRACE")
+        .output()
+        .unwrap()
+}
+
+fn text(output: &Output) -> String {
+    format!(
+        "status {:?}\nstdout: {}\nstderr: {}",
+        output.status.code(),
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    )
+}
+
+#[test]
+fn zos_stor_end_to_end() {
+    let zdb = zdb_binary();
+    let folder = tempfile::tempdir().unwrap();
+    let state = folder.path().join("state");
+    let mut servers = Vec::new();
+    let mut ports = Vec::new();
+    let mut args: Vec<String> = vec![
+        "stor".into(),
+        "init".into(),
+        "--data-shards".into(),
+        "4".into(),
+        "--parity-shards".into(),
+        "2".into(),
+        "--chunk-size".into(),
+        "262144".into(),
+    ];
+    for index in 0..6 {
+        let (server, port) = start_zdb(&zdb, &folder.path().join(format!("z{index}")));
+        servers.push(Some(server));
+        ports.push(port);
+        args.push("--backend".into());
+        args.push(format!("zdb://127.0.0.1:{port}/default"));
+    }
+    let config = folder.path().join("stor.toml");
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let init = zos(&args, &config, &state);
+    assert!(init.status.success(), "{}", text(&init));
+    assert!(String::from_utf8_lossy(&init.stdout).contains("Back up"));
+    let again = zos(&args, &config, &state);
+    assert!(!again.status.success());
+    assert!(
+        text(&again).contains("refusing to overwrite"),
+        "{}",
+        text(&again)
+    );
+    let too_few = zos(&args[..10], &folder.path().join("other.toml"), &state);
+    assert!(!too_few.status.success());
+    assert!(text(&too_few).contains("at least 6"), "{}", text(&too_few));
+
+    let data: Vec<u8> = (0..1_500_000u32)
+        .map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8)
+        .collect();
+    let input = folder.path().join("input.bin");
+    std::fs::write(&input, &data).unwrap();
+    let put = zos(&["stor", "put", input.to_str().unwrap()], &config, &state);
+    assert!(put.status.success(), "{}", text(&put));
+    assert!(
+        String::from_utf8_lossy(&put.stdout).contains("\"input.bin\""),
+        "{}",
+        text(&put)
+    );
+
+    let mut child = Command::new(env!("CARGO_BIN_EXE_zos"))
+        .args(["stor", "put", "-", "--key", "from-stdin", "--config"])
+        .arg(&config)
+        .env("XDG_STATE_HOME", &state)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .spawn()
+        .unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(b"hello from stdin")
+        .unwrap();
+    assert!(child.wait().unwrap().success());
+    let stdout = zos(&["stor", "get", "from-stdin"], &config, &state);
+    assert_eq!(stdout.stdout, b"hello from stdin");
+
+    let output = folder.path().join("output.bin");
+    let get = zos(
+        &["stor", "get", "input.bin", "-o", output.to_str().unwrap()],
+        &config,
+        &state,
+    );
+    assert!(get.status.success(), "{}", text(&get));
+    assert_eq!(std::fs::read(&output).unwrap(), data);
+
+    let ls = zos(&["stor", "ls", "--json"], &config, &state);
+    let listed: serde_json::Value = serde_json::from_slice(&ls.stdout).unwrap();
+    assert_eq!(listed.as_array().unwrap().len(), 2);
+    assert_eq!(listed[1]["name"], "input.bin");
+    assert_eq!(listed[1]["size"], 1_500_000);
+
+    // A backend dies: a put still succeeds with a warning; check fails; status names it.
+    servers[3] = None;
+    let put = zos(
+        &["stor", "put", input.to_str().unwrap(), "--key", "degraded"],
+        &config,
+        &state,
+    );
+    assert!(put.status.success(), "{}", text(&put));
+    assert!(
+        String::from_utf8_lossy(&put.stderr).contains("queued"),
+        "{}",
+        text(&put)
+    );
+    let status = zos(&["stor", "status", "--json"], &config, &state);
+    assert!(!status.status.success());
+    let statuses: serde_json::Value = serde_json::from_slice(&status.stdout).unwrap();
+    assert_eq!(
+        statuses
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|backend| backend["reachable"] == false)
+            .count(),
+        1
+    );
+    let check = zos(&["stor", "check", "--json"], &config, &state);
+    assert!(!check.status.success(), "{}", text(&check));
+
+    // Too many down: a put fails, names the backends, and a get fails without leaving a file.
+    servers[4] = None;
+    let refused = zos(
+        &["stor", "put", input.to_str().unwrap(), "--key", "refused"],
+        &config,
+        &state,
+    );
+    assert!(!refused.status.success());
+    servers[5] = None;
+    let failed_output = folder.path().join("failed.bin");
+    let failed = zos(
+        &[
+            "stor",
+            "get",
+            "input.bin",
+            "-o",
+            failed_output.to_str().unwrap(),
+        ],
+        &config,
+        &state,
+    );
+    assert!(!failed.status.success());
+    assert!(text(&failed).contains("127.0.0.1"), "{}", text(&failed));
+    assert!(!failed_output.exists());
+    assert!(std::fs::read_dir(folder.path()).unwrap().all(|entry| !entry
+        .unwrap()
+        .file_name()
+        .to_string_lossy()
+        .contains("partial")));
+
+    // They come back: repair restores full redundancy, then rm and a missing object.
+    for index in 3..6 {
+        servers[index] = Some(start_zdb_on(
+            &zdb,
+            &folder.path().join(format!("z{index}")),
+            ports[index],
+        ));
+    }
+    let repair = zos(&["stor", "repair"], &config, &state);
+    assert!(repair.status.success(), "{}", text(&repair));
+    assert!(
+        String::from_utf8_lossy(&repair.stdout).contains("degraded:"),
+        "{}",
+        text(&repair)
+    );
+    let check = zos(&["stor", "check"], &config, &state);
+    assert!(check.status.success(), "{}", text(&check));
+    let rm = zos(&["stor", "rm", "degraded"], &config, &state);
+    assert!(rm.status.success(), "{}", text(&rm));
+    let ls = zos(&["stor", "ls"], &config, &state);
+    assert!(
+        !String::from_utf8_lossy(&ls.stdout).contains("degraded"),
+        "{}",
+        text(&ls)
+    );
+    let missing = zos(&["stor", "get", "no-such-object"], &config, &state);
+    assert!(!missing.status.success());
+    assert!(
+        text(&missing).contains("no object named"),
+        "{}",
+        text(&missing)
+    );
+}
