@@ -76,6 +76,9 @@ pub enum DiskCommand {
         /// Exit when the first VMM disconnects instead of waiting for the next.
         #[arg(long)]
         once: bool,
+        /// Bypass the host page cache (O_DIRECT); unaligned guest buffers are bounced.
+        #[arg(long)]
+        direct: bool,
     },
 }
 
@@ -148,6 +151,7 @@ fn disk(command: DiskCommand) -> anyhow::Result<()> {
             key_file,
             queues,
             once,
+            direct,
         } => {
             let config = ServeConfig {
                 volume,
@@ -155,6 +159,7 @@ fn disk(command: DiskCommand) -> anyhow::Result<()> {
                 read_only: readonly,
                 key_file,
                 num_queues: queues,
+                direct,
                 once,
             };
             serve::serve(&config).with_context(|| {

@@ -342,3 +342,75 @@ fn termination_signal_set() -> io::Result<libc::sigset_t> {
         Ok(set.assume_init())
     }
 }
+
+/// Alignment of bounce buffers: a page, enough for O_DIRECT on every block size we serve.
+pub const BUFFER_ALIGNMENT_BYTES: usize = 4096;
+
+/// A zeroed, page-aligned heap buffer (bounce buffers must be aligned for O_DIRECT).
+pub struct AlignedBuffer {
+    pointer: std::ptr::NonNull<u8>,
+    length: usize,
+    layout: std::alloc::Layout,
+}
+
+// SAFETY: the buffer is uniquely owned heap memory, like a Vec<u8>.
+unsafe impl Send for AlignedBuffer {}
+
+impl std::fmt::Debug for AlignedBuffer {
+    fn fmt(&self, formatter: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(formatter, "AlignedBuffer({} bytes)", self.length)
+    }
+}
+
+impl AlignedBuffer {
+    /// A zeroed buffer of `length` bytes.
+    pub fn zeroed(length: usize) -> io::Result<Self> {
+        let layout = std::alloc::Layout::from_size_align(length.max(1), BUFFER_ALIGNMENT_BYTES)
+            .map_err(|_| io::Error::from(io::ErrorKind::InvalidInput))?;
+        // SAFETY: the layout has a non-zero size.
+        let pointer = unsafe { std::alloc::alloc_zeroed(layout) };
+        let pointer = std::ptr::NonNull::new(pointer)
+            .ok_or_else(|| io::Error::from(io::ErrorKind::OutOfMemory))?;
+        Ok(Self {
+            pointer,
+            length,
+            layout,
+        })
+    }
+
+    /// The buffer's start, for iovecs.
+    pub fn as_mut_ptr(&mut self) -> *mut u8 {
+        self.pointer.as_ptr()
+    }
+}
+
+impl std::ops::Deref for AlignedBuffer {
+    type Target = [u8];
+    fn deref(&self) -> &[u8] {
+        // SAFETY: `pointer` is valid for `length` initialised (zeroed) bytes we own.
+        unsafe { std::slice::from_raw_parts(self.pointer.as_ptr(), self.length) }
+    }
+}
+
+impl std::ops::DerefMut for AlignedBuffer {
+    fn deref_mut(&mut self) -> &mut [u8] {
+        // SAFETY: as in `deref`, and `&mut self` makes the access unique.
+        unsafe { std::slice::from_raw_parts_mut(self.pointer.as_ptr(), self.length) }
+    }
+}
+
+impl Drop for AlignedBuffer {
+    fn drop(&mut self) {
+        // SAFETY: allocated in `zeroed` with exactly this layout.
+        unsafe { std::alloc::dealloc(self.pointer.as_ptr(), self.layout) }
+    }
+}
+
+impl IoVecs {
+    /// True when every buffer's address and length are multiples of `alignment`.
+    pub fn aligned_to(&self, alignment: usize) -> bool {
+        self.0.iter().all(|iovec| {
+            (iovec.iov_base as usize) % alignment == 0 && iovec.iov_len % alignment == 0
+        })
+    }
+}

@@ -318,9 +318,16 @@ impl Volume {
     /// Opens the data file and takes the exclusive lock; fails with `InUse` when another
     /// process holds it. The lock lasts as long as the returned file is open.
     pub fn open_locked(&self, writable: bool) -> Result<File, VolumeError> {
+        self.open_locked_with(writable, false)
+    }
+
+    /// As [`Volume::open_locked`], optionally with O_DIRECT (no host page cache).
+    pub fn open_locked_with(&self, writable: bool, direct: bool) -> Result<File, VolumeError> {
+        use std::os::unix::fs::OpenOptionsExt;
         let file = OpenOptions::new()
             .read(true)
             .write(writable)
+            .custom_flags(if direct { libc::O_DIRECT } else { 0 })
             .open(&self.data_path)
             .map_err(io_error(&self.data_path))?;
         if !sys::try_lock_exclusive(&file).map_err(io_error(&self.data_path))? {

@@ -30,7 +30,7 @@ use vmm_sys_util::event::{
 use super::request::{self, Limits, Request, RequestKind, Segment};
 use crate::crypto::{SectorCipher, SECTOR_BYTES};
 use crate::io::{open_queue_io, Operation, QueueIo};
-use crate::sys::{self, IoVecs};
+use crate::sys::{self, AlignedBuffer, IoVecs};
 use crate::volume::SERIAL_BYTES;
 
 /// Guest memory as the vhost-user daemon maps it.
@@ -73,6 +73,9 @@ pub struct Device {
     pub capacity_sectors: u64,
     pub serial: [u8; SERIAL_BYTES],
     pub read_only: bool,
+    /// The file was opened with O_DIRECT: buffers must be sector-aligned (unaligned guest
+    /// buffers go through an aligned bounce buffer).
+    pub direct: bool,
 }
 
 impl Device {
@@ -284,10 +287,11 @@ struct InFlight {
     /// Keeps the guest memory mapping alive while the kernel uses it.
     memory: Arc<Memory>,
     iovecs: IoVecs,
-    /// The encrypted data of an encrypted read or write.
-    bounce: Vec<u8>,
-    /// For encrypted reads: where the decrypted data goes, and from which sector.
-    decrypt_into: Option<(u64, Vec<Segment>)>,
+    /// The bounce buffer of an encrypted (or, with O_DIRECT, unaligned) read or write.
+    bounce: Option<AlignedBuffer>,
+    /// For bounced reads: where the data goes (after decryption when encrypted), and the
+    /// first sector.
+    copy_out: Option<(u64, Vec<Segment>)>,
     expected_result: i32,
     used_bytes: u32,
 }
@@ -393,6 +397,7 @@ impl QueueWorker {
                 return true;
             }
         };
+        let status_address = request.status_address;
         match self.submit(head_index, request, memory) {
             Ok(None) => false,
             Ok(Some((status_address, status, used_bytes))) => {
@@ -409,8 +414,13 @@ impl QueueWorker {
                 true
             }
             Err(error) => {
+                // Never leave a request unanswered: the guest would wait for it forever.
                 tracing::warn!(head_index, %error, "could not queue a request");
-                false
+                let written = memory
+                    .write_obj(request::VIRTIO_BLK_S_IOERR, GuestAddress(status_address))
+                    .is_ok();
+                add_used(vring, head_index, u32::from(written));
+                true
             }
         }
     }
@@ -431,8 +441,8 @@ impl QueueWorker {
             status_address,
             memory: memory.clone().into_inner(),
             iovecs: IoVecs::default(),
-            bounce: Vec::new(),
-            decrypt_into: None,
+            bounce: None,
+            copy_out: None,
             expected_result: 0,
             used_bytes: 1,
         };
@@ -464,21 +474,19 @@ impl QueueWorker {
             RequestKind::Read { sector } => {
                 in_flight.expected_result = data_bytes as i32;
                 in_flight.used_bytes = data_bytes as u32 + 1;
-                if self.device.cipher.is_some() {
-                    in_flight.bounce = vec![0u8; data_bytes as usize];
-                    in_flight
-                        .iovecs
-                        .push(in_flight.bounce.as_mut_ptr(), in_flight.bounce.len());
-                    in_flight.decrypt_into = Some((sector, request.data));
-                } else if !guest_iovecs(&in_flight.memory, &request.data, &mut in_flight.iovecs) {
-                    return ioerr;
+                if !self.device_iovecs(&mut in_flight, &request.data) {
+                    let mut bounce = AlignedBuffer::zeroed(data_bytes as usize)?;
+                    in_flight.iovecs = IoVecs::with_capacity(1);
+                    in_flight.iovecs.push(bounce.as_mut_ptr(), bounce.len());
+                    in_flight.bounce = Some(bounce);
+                    in_flight.copy_out = Some((sector, request.data));
                 }
                 PendingOperation::Read(sector * SECTOR_BYTES as u64)
             }
             RequestKind::Write { sector } => {
                 in_flight.expected_result = data_bytes as i32;
-                if let Some(cipher) = &self.device.cipher {
-                    let mut bounce = vec![0u8; data_bytes as usize];
+                if !self.device_iovecs(&mut in_flight, &request.data) {
+                    let mut bounce = AlignedBuffer::zeroed(data_bytes as usize)?;
                     let mut offset = 0usize;
                     for segment in &request.data {
                         let end = offset + segment.length as usize;
@@ -490,13 +498,12 @@ impl QueueWorker {
                         }
                         offset = end;
                     }
-                    cipher.encrypt(&mut bounce, sector);
-                    in_flight.bounce = bounce;
-                    in_flight
-                        .iovecs
-                        .push(in_flight.bounce.as_mut_ptr(), in_flight.bounce.len());
-                } else if !guest_iovecs(&in_flight.memory, &request.data, &mut in_flight.iovecs) {
-                    return ioerr;
+                    if let Some(cipher) = &self.device.cipher {
+                        cipher.encrypt(&mut bounce, sector);
+                    }
+                    in_flight.iovecs = IoVecs::with_capacity(1);
+                    in_flight.iovecs.push(bounce.as_mut_ptr(), bounce.len());
+                    in_flight.bounce = Some(bounce);
                 }
                 PendingOperation::Write(sector * SECTOR_BYTES as u64)
             }
@@ -555,6 +562,15 @@ impl QueueWorker {
         Ok(None)
     }
 
+    /// Points the request's iovecs straight at guest memory when that is allowed: no
+    /// encryption, every segment in guest memory, and aligned when the file is O_DIRECT.
+    /// False when a bounce buffer is needed instead.
+    fn device_iovecs(&self, in_flight: &mut InFlight, data: &[Segment]) -> bool {
+        self.device.cipher.is_none()
+            && guest_iovecs(&in_flight.memory, data, &mut in_flight.iovecs)
+            && (!self.device.direct || in_flight.iovecs.aligned_to(SECTOR_BYTES))
+    }
+
     /// Completes what the ring finished; true when some request was answered.
     fn complete(&mut self, vring: &VringRwLock<GuestMemory>) -> bool {
         let mut completions = std::mem::take(&mut self.completions);
@@ -577,8 +593,9 @@ impl QueueWorker {
                 );
                 status = request::VIRTIO_BLK_S_IOERR;
                 used_bytes = 1;
-            } else if let Some((sector, segments)) = &in_flight.decrypt_into {
-                let mut bounce = in_flight.bounce;
+            } else if let (Some((sector, segments)), Some(mut bounce)) =
+                (&in_flight.copy_out, in_flight.bounce)
+            {
                 if let Some(cipher) = &self.device.cipher {
                     cipher.decrypt(&mut bounce, *sector);
                 }
@@ -831,6 +848,7 @@ mod tests {
             capacity_sectors: size_bytes / 512,
             serial: *b"zos-test-serial-0001",
             read_only: false,
+            direct: false,
         })
     }
 
@@ -1008,5 +1026,62 @@ mod tests {
             failures > 0 && failures < count,
             "seed {seed}: {failures} failures"
         );
+    }
+
+    #[test]
+    fn direct_io_bounces_unaligned_guest_buffers() {
+        use std::os::unix::fs::OpenOptionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("direct");
+        std::fs::File::create(&path)
+            .unwrap()
+            .set_len(1 << 20)
+            .unwrap();
+        let file = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .custom_flags(libc::O_DIRECT)
+            .open(&path)
+            .unwrap();
+        let device = Arc::new(Device {
+            file,
+            cipher: None,
+            capacity_sectors: 2048,
+            serial: *b"zos-test-serial-0002",
+            read_only: false,
+            direct: true,
+        });
+        let mut worker = QueueWorker::new(device.clone()).unwrap();
+        let mut driver = Driver::new();
+        // Aligned buffer: straight to the file. Unaligned one (+3 bytes): bounced.
+        let aligned = pattern(1, 4096);
+        let status_aligned = driver.write_request(0, &aligned);
+        let header = driver.header(request::VIRTIO_BLK_T_OUT, 16);
+        let unaligned_buffer = driver.buffer(8192) + 3;
+        let unaligned = pattern(2, 4096);
+        driver.write(unaligned_buffer, &unaligned);
+        let status_unaligned = driver.buffer(1);
+        driver.chain(&[
+            (header, 16, false),
+            (unaligned_buffer, 4096, false),
+            (status_unaligned, 1, true),
+        ]);
+        driver.run(&mut worker, 2);
+        assert_eq!(driver.read(status_aligned, 1), [request::VIRTIO_BLK_S_OK]);
+        assert_eq!(driver.read(status_unaligned, 1), [request::VIRTIO_BLK_S_OK]);
+        let on_disk = std::fs::read(&path).unwrap();
+        assert_eq!(on_disk[..4096], aligned[..]);
+        assert_eq!(on_disk[16 * 512..16 * 512 + 4096], unaligned[..]);
+        let header = driver.header(request::VIRTIO_BLK_T_IN, 16);
+        let read_buffer = driver.buffer(8192) + 5;
+        let read_status = driver.buffer(1);
+        driver.chain(&[
+            (header, 16, false),
+            (read_buffer, 4096, true),
+            (read_status, 1, true),
+        ]);
+        driver.run(&mut worker, 3);
+        assert_eq!(driver.read(read_status, 1), [request::VIRTIO_BLK_S_OK]);
+        assert_eq!(driver.read(read_buffer, 4096), unaligned);
     }
 }

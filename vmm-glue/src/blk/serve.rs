@@ -31,6 +31,8 @@ pub struct ServeConfig {
     pub read_only: bool,
     pub key_file: Option<PathBuf>,
     pub num_queues: usize,
+    /// Open the volume with O_DIRECT (bypass the host page cache).
+    pub direct: bool,
     /// Exit after the first VMM disconnects instead of waiting for the next.
     pub once: bool,
 }
@@ -67,7 +69,7 @@ pub fn prepare(config: &ServeConfig) -> Result<Arc<Device>, ServeError> {
         .transpose()
         .map_err(VolumeError::from)?;
     let cipher = volume.cipher(key.as_ref())?;
-    let file = volume.open_locked(!config.read_only)?;
+    let file = volume.open_locked_with(!config.read_only, config.direct)?;
     check_socket_path(&config.socket)?;
     Ok(Arc::new(Device {
         file,
@@ -75,6 +77,7 @@ pub fn prepare(config: &ServeConfig) -> Result<Arc<Device>, ServeError> {
         capacity_sectors: volume.metadata.size_bytes / SECTOR_BYTES as u64,
         serial: volume.metadata.serial,
         read_only: config.read_only,
+        direct: config.direct,
     }))
 }
 
@@ -118,6 +121,7 @@ pub fn serve(config: &ServeConfig) -> Result<(), ServeError> {
         sectors = device.capacity_sectors,
         encrypted = device.cipher.is_some(),
         read_only = device.read_only,
+        direct = device.direct,
         "serving vhost-user-blk"
     );
     let socket = config.socket.clone();
