@@ -16,7 +16,7 @@ use crate::format::{mode, Flist, FormatError, Inode};
 /// The root's id.
 pub const ROOT_ID: u64 = 1;
 /// Chunks fetched ahead of a read, as a hint to the source.
-pub const READ_AHEAD_CHUNKS: u64 = 4;
+pub const READ_AHEAD_CHUNKS: u64 = 8;
 /// Largest single read the core serves (adapters split larger ones).
 pub const READ_BYTES_MAX: u32 = 16 * 1024 * 1024;
 /// Block size reported in attributes and statfs.
