@@ -7,7 +7,8 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context};
 use erasure::config::{BackendConfig, Config};
-use erasure::zstor::{default_config_path, Zstor};
+use erasure::daemon::client::DaemonClient;
+use erasure::zstor::{default_config_path, ObjectInfo, PutReport, Zstor};
 use indicatif::{ProgressBar, ProgressStyle};
 
 /// Options every `zos stor` command takes.
@@ -17,6 +18,15 @@ pub struct Common {
     /// ~/.config/zos/stor.toml].
     #[arg(long, value_name = "FILE")]
     config: Option<PathBuf>,
+}
+
+/// `--daemon`: go through a running `zos stor daemon` instead of the backends directly.
+#[derive(Debug, clap::Args)]
+pub struct Via {
+    /// Send the request to the `zos stor daemon` listening on this unix socket (the token
+    /// is read from the config) instead of talking to the backends directly.
+    #[arg(long, value_name = "SOCKET")]
+    daemon: Option<PathBuf>,
 }
 
 /// `--json` for the commands that print reports.
@@ -66,6 +76,8 @@ pub enum StorCommand {
         #[arg(long)]
         key: Option<String>,
         #[command(flatten)]
+        via: Via,
+        #[command(flatten)]
         common: Common,
     },
     /// Read an object back, verified, to a file or standard output.
@@ -76,6 +88,8 @@ pub enum StorCommand {
         #[arg(short, long, value_name = "FILE")]
         output: Option<PathBuf>,
         #[command(flatten)]
+        via: Via,
+        #[command(flatten)]
         common: Common,
     },
     /// List objects.
@@ -83,12 +97,16 @@ pub enum StorCommand {
         #[command(flatten)]
         output: Output,
         #[command(flatten)]
+        via: Via,
+        #[command(flatten)]
         common: Common,
     },
     /// Delete an object.
     Rm {
         /// Object name.
         key: String,
+        #[command(flatten)]
+        via: Via,
         #[command(flatten)]
         common: Common,
     },
@@ -248,8 +266,12 @@ async fn run_async(command: StorCommand) -> anyhow::Result<()> {
             );
             Ok(())
         }
-        StorCommand::Put { file, key, common } => {
-            let zstor = open(&common)?;
+        StorCommand::Put {
+            file,
+            key,
+            via,
+            common,
+        } => {
             let from_stdin = file == Path::new("-");
             let name = match key {
                 Some(key) => key,
@@ -259,6 +281,22 @@ async fn run_async(command: StorCommand) -> anyhow::Result<()> {
                     .map(|name| name.to_string_lossy().into_owned())
                     .with_context(|| format!("{} has no file name; give --key", file.display()))?,
             };
+            if let Some(socket) = via.daemon {
+                let client = daemon_client(&common, &socket)?;
+                let report = if from_stdin {
+                    client.put(&name, tokio::io::stdin(), None).await
+                } else {
+                    let input = tokio::fs::File::open(&file)
+                        .await
+                        .with_context(|| format!("opening {}", file.display()))?;
+                    let length = input.metadata().await.ok().map(|metadata| metadata.len());
+                    client.put(&name, input, length).await
+                }
+                .with_context(|| format!("storing {name:?} through the daemon"))?;
+                print_put(&report);
+                return Ok(());
+            }
+            let zstor = open(&common)?;
             let report = if from_stdin {
                 let bar = bar(None, true);
                 let report = zstor
@@ -281,25 +319,83 @@ async fn run_async(command: StorCommand) -> anyhow::Result<()> {
                 report
             }
             .with_context(|| format!("storing {name:?}"))?;
-            println!(
-                "stored {:?}: {} in {} chunks, blake3 {}",
-                report.name,
-                human_bytes(report.size),
-                report.chunks,
-                report.blake3
-            );
-            if report.degraded_chunks > 0 {
-                eprintln!(
-                    "warning: {} chunks are missing shards (queued for `zos stor repair`); failed backends: {}",
-                    report.degraded_chunks,
-                    report.failed_backends.join("; ")
-                );
-            }
+            print_put(&report);
             Ok(())
         }
         StorCommand::Get {
             key,
             output,
+            via: Via {
+                daemon: Some(socket),
+            },
+            common,
+        } => {
+            let client = daemon_client(&common, &socket)?;
+            match &output {
+                Some(path) => {
+                    let partial = partial_path(path);
+                    let file = tokio::fs::File::create(&partial)
+                        .await
+                        .with_context(|| format!("creating {}", partial.display()))?;
+                    let mut writer = tokio::io::BufWriter::with_capacity(1 << 20, file);
+                    match client.get(&key, &mut writer).await {
+                        Ok(_) => {
+                            writer
+                                .into_inner()
+                                .sync_all()
+                                .await
+                                .with_context(|| format!("syncing {}", partial.display()))?;
+                            tokio::fs::rename(&partial, path)
+                                .await
+                                .with_context(|| format!("renaming to {}", path.display()))?;
+                        }
+                        Err(error) => {
+                            let _ = tokio::fs::remove_file(&partial).await;
+                            return Err(error)
+                                .with_context(|| format!("reading {key:?} through the daemon"));
+                        }
+                    }
+                }
+                None => {
+                    client
+                        .get(&key, tokio::io::stdout())
+                        .await
+                        .with_context(|| format!("reading {key:?} through the daemon"))?;
+                }
+            }
+            Ok(())
+        }
+        StorCommand::Ls {
+            output,
+            via: Via {
+                daemon: Some(socket),
+            },
+            common,
+        } => {
+            let objects = daemon_client(&common, &socket)?
+                .list()
+                .await
+                .context("listing objects through the daemon")?;
+            print_objects(&objects, output.json)
+        }
+        StorCommand::Rm {
+            key,
+            via: Via {
+                daemon: Some(socket),
+            },
+            common,
+        } => {
+            daemon_client(&common, &socket)?
+                .delete(&key)
+                .await
+                .with_context(|| format!("deleting {key:?} through the daemon"))?;
+            println!("deleted {key:?}");
+            Ok(())
+        }
+        StorCommand::Get {
+            key,
+            output,
+            via: _,
             common,
         } => {
             let zstor = open(&common)?;
@@ -350,24 +446,20 @@ async fn run_async(command: StorCommand) -> anyhow::Result<()> {
             }
             Ok(())
         }
-        StorCommand::Ls { output, common } => {
+        StorCommand::Ls {
+            output,
+            via: _,
+            common,
+        } => {
             let zstor = open(&common)?;
             let objects = zstor.list().await.context("listing objects")?;
-            if output.json {
-                return print_json(&objects);
-            }
-            for object in objects {
-                println!(
-                    "{:>12}  {}+{}  {}",
-                    human_bytes(object.size),
-                    object.data_shards,
-                    object.parity_shards,
-                    object.name
-                );
-            }
-            Ok(())
+            print_objects(&objects, output.json)
         }
-        StorCommand::Rm { key, common } => {
+        StorCommand::Rm {
+            key,
+            via: _,
+            common,
+        } => {
             let zstor = open(&common)?;
             zstor
                 .delete(key.as_bytes())
@@ -539,6 +631,50 @@ async fn run_async(command: StorCommand) -> anyhow::Result<()> {
             Ok(())
         }
     }
+}
+
+fn print_put(report: &PutReport) {
+    println!(
+        "stored {:?}: {} in {} chunks, blake3 {}",
+        report.name,
+        human_bytes(report.size),
+        report.chunks,
+        report.blake3
+    );
+    if report.degraded_chunks > 0 {
+        eprintln!(
+            "warning: {} chunks are missing shards (queued for `zos stor repair`); failed backends: {}",
+            report.degraded_chunks,
+            report.failed_backends.join("; ")
+        );
+    }
+}
+
+fn print_objects(objects: &[ObjectInfo], json: bool) -> anyhow::Result<()> {
+    if json {
+        return print_json(&objects);
+    }
+    for object in objects {
+        println!(
+            "{:>12}  {}+{}  {}",
+            human_bytes(object.size),
+            object.data_shards,
+            object.parity_shards,
+            object.name
+        );
+    }
+    Ok(())
+}
+
+fn daemon_client(common: &Common, socket: &Path) -> anyhow::Result<DaemonClient> {
+    let path = config_path(common);
+    let config = Config::load(&path).with_context(|| {
+        format!(
+            "loading the zstor config {} for the daemon's token",
+            path.display()
+        )
+    })?;
+    Ok(DaemonClient::new(socket, config.daemon.token))
 }
 
 fn partial_path(path: &Path) -> PathBuf {

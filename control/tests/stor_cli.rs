@@ -178,6 +178,78 @@ fn zos_stor_end_to_end() {
     assert_eq!(listed[1]["name"], "input.bin");
     assert_eq!(listed[1]["size"], 1_500_000);
 
+    // The same through a running daemon.
+    let socket = folder.path().join("zstor.sock");
+    let mut daemon = Command::new(env!("CARGO_BIN_EXE_zos"))
+        .args(["stor", "daemon", "--socket"])
+        .arg(&socket)
+        .arg("--config")
+        .arg(&config)
+        .env("XDG_STATE_HOME", &state)
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !socket.exists() {
+        assert!(
+            Instant::now() < deadline,
+            "the daemon did not create its socket"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let via = socket.to_str().unwrap();
+    let put = zos(
+        &[
+            "stor",
+            "put",
+            input.to_str().unwrap(),
+            "--key",
+            "via-daemon",
+            "--daemon",
+            via,
+        ],
+        &config,
+        &state,
+    );
+    assert!(put.status.success(), "{}", text(&put));
+    let through = folder.path().join("through.bin");
+    let get = zos(
+        &[
+            "stor",
+            "get",
+            "via-daemon",
+            "-o",
+            through.to_str().unwrap(),
+            "--daemon",
+            via,
+        ],
+        &config,
+        &state,
+    );
+    assert!(get.status.success(), "{}", text(&get));
+    assert_eq!(std::fs::read(&through).unwrap(), data);
+    let ls = zos(&["stor", "ls", "--daemon", via], &config, &state);
+    assert!(
+        String::from_utf8_lossy(&ls.stdout).contains("via-daemon"),
+        "{}",
+        text(&ls)
+    );
+    let rm = zos(
+        &["stor", "rm", "via-daemon", "--daemon", via],
+        &config,
+        &state,
+    );
+    assert!(rm.status.success(), "{}", text(&rm));
+    let gone = zos(
+        &["stor", "get", "via-daemon", "--daemon", via],
+        &config,
+        &state,
+    );
+    assert!(!gone.status.success());
+    assert!(text(&gone).contains("404"), "{}", text(&gone));
+    let _ = daemon.kill();
+    let _ = daemon.wait();
+
     // A backend dies: a put still succeeds with a warning; check fails; status names it.
     servers[3] = None;
     let put = zos(

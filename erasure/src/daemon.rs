@@ -3,6 +3,8 @@
 //! Object bodies stream both ways; memory stays at a few chunks per transfer.
 //! The API is described in `docs/openapi.yaml`.
 
+pub mod client;
+
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;

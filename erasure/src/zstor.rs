@@ -15,7 +15,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use futures::stream::{FuturesOrdered, FuturesUnordered, StreamExt};
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
 use crate::codec::{ChunkCodec, ChunkPlace, CodecError, ReedSolomon, RsCodecId};
@@ -128,7 +128,7 @@ pub struct Backend {
 }
 
 /// Result of a put.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct PutReport {
     /// Object name.
     pub name: String,
@@ -156,7 +156,7 @@ pub struct GetReport {
 }
 
 /// An object as `list` shows it.
-#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
 pub struct ObjectInfo {
     /// Name.
     pub name: String,
