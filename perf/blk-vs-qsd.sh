@@ -31,17 +31,27 @@ cleanup() {
 trap cleanup EXIT
 
 truncate -s 64M "$work/peer.img"
-qemu-storage-daemon \
-  --blockdev driver=file,node-name=f0,filename="$work/peer.img",aio=io_uring,cache.direct=on \
-  --export type=vhost-user-blk,id=e0,node-name=f0,addr.type=unix,addr.path="$work/peer.sock",writable=on \
-  >"$work/qsd.log" 2>&1 &
-pids+=($!)
+# qemu-storage-daemon 7.2 (Debian bookworm) can hang the second VMM that connects to the
+# same export (seen here: fio's jobs after the first never complete), so each peer run gets
+# a fresh daemon on the same file. That costs it nothing in the measurement.
+start_qsd() {
+  rm -f "$work/peer.sock"
+  qemu-storage-daemon \
+    --blockdev driver=file,node-name=f0,filename="$work/peer.img",aio=io_uring,cache.direct=on \
+    --export type=vhost-user-blk,id=e0,node-name=f0,addr.type=unix,addr.path="$work/peer.sock",writable=on \
+    >>"$work/qsd.log" 2>&1 &
+  qsd_pid=$!
+  pids+=("$qsd_pid")
+  for _ in $(seq 100); do [ -S "$work/peer.sock" ] && return 0; sleep 0.1; done
+  echo "qemu-storage-daemon did not bind its socket: $(tail -3 "$work/qsd.log")" >&2
+  exit 1
+}
+stop_qsd() { kill "$qsd_pid" 2>/dev/null || true; wait "$qsd_pid" 2>/dev/null || true; }
 "$zos" vm disk create "$work/vol" --size 64M >/dev/null
 "$zos" vm disk serve "$work/vol" --socket "$work/ours.sock" >"$work/zos.log" 2>&1 &
 pids+=($!)
-for _ in $(seq 100); do [ -S "$work/peer.sock" ] && [ -S "$work/ours.sock" ] && break; sleep 0.1; done
+for _ in $(seq 100); do [ -S "$work/ours.sock" ] && break; sleep 0.1; done
 [ -S "$work/ours.sock" ] || { echo "zos did not bind its socket: $(tail -3 "$work/zos.log")" >&2; exit 1; }
-[ -S "$work/peer.sock" ] || { echo "qemu-storage-daemon did not bind its socket: $(tail -3 "$work/qsd.log")" >&2; exit 1; }
 
 cat >"$work/fio.sh" <<'T'
 F="fio --name=j --filename=/dev/vda --direct=1 --ioengine=libaio --size=48M --runtime=6 --time_based --output-format=terse --terse-version=3"
@@ -61,7 +71,8 @@ best() { python3 -c "import sys; a=sys.argv[1].split(); b=sys.argv[2].split() if
 
 ours=""; peer=""
 for run in $(seq "$runs"); do
-  p=$(run_fio "$work/peer.sock"); o=$(run_fio "$work/ours.sock")
+  start_qsd; p=$(run_fio "$work/peer.sock"); stop_qsd
+  o=$(run_fio "$work/ours.sock")
   echo "run $run: qemu-storage-daemon [$p]  zos [$o]" >&2
   grep "zos-guest:" "$work/guest.err" | tail -2 >&2
   peer=$(best "$p" "$peer"); ours=$(best "$o" "$ours")
@@ -78,7 +89,7 @@ names = ["4 KiB random read, QD32 (IOPS)", "4 KiB random write, QD32 (IOPS)",
 print("# vhost-user-blk: zos vs qemu-storage-daemon, fio in the same guest\n")
 print(f"Command: `perf/blk-vs-qsd.sh {runs}` ({date}, {cores} cores, guest accel {accel}, {qemu}).")
 print("Same guest image, same run, interleaved, best of each. Peer: qemu-storage-daemon,")
-print("aio=io_uring, cache.direct=on. Ours: zos vm disk serve (defaults: io_uring, page cache).")
+print("aio=io_uring, cache.direct=on, a fresh daemon per run (7.2 can hang a reconnecting VMM). Ours: zos vm disk serve (defaults: io_uring, page cache).")
 print("fio in the guest: libaio, O_DIRECT, 48 MiB of a 64 MiB disk, 6 s per job.\n")
 print("| job | zos | qemu-storage-daemon | ratio |")
 print("|---|---:|---:|---:|")
