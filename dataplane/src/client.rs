@@ -444,16 +444,21 @@ impl Client {
     ) -> Result<Vec<Reply>> {
         let mut slot = self.connection.lock().await;
         for attempt in 0..2 {
-            if slot.is_none() {
-                *slot = Some(self.open().await?);
-            }
-            let Some(connection) = slot.as_mut() else {
-                continue;
+            // The connection is taken out of its slot for the round trip and put back only
+            // when every reply was read: if this future is dropped halfway (a timeout or a
+            // cancelled caller), the connection goes with it instead of handing its unread
+            // replies to the next request.
+            let mut connection = match slot.take() {
+                Some(connection) => connection,
+                None => self.open().await?,
             };
-            match self.round_trip(connection, commands).await {
-                Ok(replies) => return Ok(replies),
+            match self.round_trip(&mut connection, commands).await {
+                Ok(replies) => {
+                    *slot = Some(connection);
+                    return Ok(replies);
+                }
                 Err(error) => {
-                    *slot = None; // the stream is in an unknown state: never reuse it
+                    // The stream is in an unknown state: it is dropped, never reused.
                     let retry =
                         attempt == 0 && idempotent && matches!(error, ClientError::Io { .. });
                     if !retry {
@@ -741,6 +746,54 @@ mod tests {
             let mut reader = BufReader::new(bytes);
             assert!(read_reply(&mut reader).await.is_err(), "{bytes:?}");
         }
+    }
+
+    #[tokio::test]
+    async fn a_dropped_request_never_leaks_its_reply_to_the_next() {
+        use tokio::io::AsyncWriteExt as _;
+        // A server that answers each request (one line) slowly with its own text.
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let address = listener.local_addr().unwrap().to_string();
+        tokio::spawn(async move {
+            loop {
+                let Ok((stream, _)) = listener.accept().await else {
+                    return;
+                };
+                tokio::spawn(async move {
+                    let (read, mut write) = stream.into_split();
+                    let mut lines = BufReader::new(read);
+                    loop {
+                        let Ok(reply) = read_reply(&mut lines).await else {
+                            return;
+                        };
+                        let Reply::Array(Some(args)) = reply else {
+                            return;
+                        };
+                        let Some(Reply::Bulk(Some(word))) = args.into_iter().last() else {
+                            return;
+                        };
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                        let mut out = Vec::new();
+                        crate::resp::frame::reply::bulk(&mut out, &word);
+                        if write.write_all(&out).await.is_err() {
+                            return;
+                        }
+                    }
+                });
+            }
+        });
+        let client = Client::connect(ClientConfig::new(Address::parse(&address).unwrap()))
+            .await
+            .unwrap();
+        let slow = tokio::time::timeout(Duration::from_millis(10), client.get(b"first")).await;
+        assert!(
+            slow.is_err(),
+            "the first request should have been cut short"
+        );
+        assert_eq!(
+            client.get(b"second").await.unwrap(),
+            Some(b"second".to_vec())
+        );
     }
 
     #[test]
