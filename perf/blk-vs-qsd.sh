@@ -7,7 +7,8 @@
 #
 # Jobs: 4 KiB random read and write at iodepth 32, 1 MiB sequential read and write at
 # iodepth 8, libaio + O_DIRECT in the guest, 6 s each over 48 MiB of a 64 MiB disk.
-# Writes the table to perf/results/blk-vs-qsd.md and prints it.
+# Writes the table to perf/results/blk-vs-qsd.md (blk-vs-qsd-direct.md when ZOS_SERVE_ARGS is
+# set, e.g. ZOS_SERVE_ARGS=--direct for O_DIRECT on our side too) and prints it.
 # Needs: qemu-system-x86 (7.2: qemu-storage-daemon is in qemu-system-common), cpio, fio.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -48,7 +49,8 @@ start_qsd() {
 }
 stop_qsd() { kill "$qsd_pid" 2>/dev/null || true; wait "$qsd_pid" 2>/dev/null || true; }
 "$zos" vm disk create "$work/vol" --size 64M >/dev/null
-"$zos" vm disk serve "$work/vol" --socket "$work/ours.sock" >"$work/zos.log" 2>&1 &
+# ZOS_SERVE_ARGS: extra flags for our side, e.g. --direct.
+"$zos" vm disk serve "$work/vol" --socket "$work/ours.sock" ${ZOS_SERVE_ARGS:-} >"$work/zos.log" 2>&1 &
 pids+=($!)
 for _ in $(seq 100); do [ -S "$work/ours.sock" ] && break; sleep 0.1; done
 [ -S "$work/ours.sock" ] || { echo "zos did not bind its socket: $(tail -3 "$work/zos.log")" >&2; exit 1; }
@@ -78,18 +80,21 @@ for run in $(seq "$runs"); do
   peer=$(best "$p" "$peer"); ours=$(best "$o" "$ours")
 done
 
-report=perf/results/blk-vs-qsd.md
-python3 - "$ours" "$peer" "$runs" "$accel" "$(date -u +%Y-%m-%d)" "$(nproc)" "$(qemu-system-x86_64 --version | head -1)" >"$report" <<'PY'
+report=perf/results/blk-vs-qsd${ZOS_SERVE_ARGS:+-direct}.md
+python3 - "$ours" "$peer" "$runs" "$accel" "$(date -u +%Y-%m-%d)" "$(nproc)" "$(qemu-system-x86_64 --version | head -1)" "${ZOS_SERVE_ARGS:-}" >"$report" <<'PY'
 import sys
 ours = [float(x) for x in sys.argv[1].split()]
 peer = [float(x) for x in sys.argv[2].split()]
-runs, accel, date, cores, qemu = sys.argv[3:8]
+runs, accel, date, cores, qemu, serve_args = sys.argv[3:9]
+ours_mode = "O_DIRECT (--direct)" if "--direct" in serve_args else "page cache (default)"
 names = ["4 KiB random read, QD32 (IOPS)", "4 KiB random write, QD32 (IOPS)",
          "1 MiB sequential read, QD8 (MiB/s)", "1 MiB sequential write, QD8 (MiB/s)"]
 print("# vhost-user-blk: zos vs qemu-storage-daemon, fio in the same guest\n")
-print(f"Command: `perf/blk-vs-qsd.sh {runs}` ({date}, {cores} cores, guest accel {accel}, {qemu}).")
+prefix = f"ZOS_SERVE_ARGS='{serve_args}' " if serve_args else ""
+print(f"Command: `{prefix}perf/blk-vs-qsd.sh {runs}` ({date}, {cores} cores, guest accel {accel}, {qemu}).")
 print("Same guest image, same run, interleaved, best of each. Peer: qemu-storage-daemon,")
-print("aio=io_uring, cache.direct=on, a fresh daemon per run (7.2 can hang a reconnecting VMM). Ours: zos vm disk serve (defaults: io_uring, page cache).")
+print("aio=io_uring, cache.direct=on, a fresh daemon per run (7.2 can hang a reconnecting VMM).")
+print(f"Ours: zos vm disk serve, io_uring, {ours_mode}.")
 print("fio in the guest: libaio, O_DIRECT, 48 MiB of a 64 MiB disk, 6 s per job.\n")
 print("| job | zos | qemu-storage-daemon | ratio |")
 print("|---|---:|---:|---:|")
