@@ -239,3 +239,56 @@ echo READBACK=$(dd if=/dev/vda bs=1M count=4 skip=5 2>/dev/null | md5sum | cut -
         "decrypting the file does not give the guest's bytes"
     );
 }
+
+/// `--readonly`: the guest sees a read-only disk whose bytes it can read, and a write the
+/// guest forces through is refused.
+#[test]
+fn read_only_disk_is_read_only_in_the_guest() {
+    let image = image();
+    let dir = tempfile::tempdir().unwrap();
+    let volume = dir.path().join("ro");
+    let socket = dir.path().join("ro.sock");
+    zos_ok(&[
+        "vm",
+        "disk",
+        "create",
+        volume.to_str().unwrap(),
+        "--size",
+        "16M",
+    ]);
+    let content: Vec<u8> = (0..MIB as usize).map(|i| (i % 251) as u8).collect();
+    {
+        use std::os::unix::fs::FileExt;
+        let file = std::fs::OpenOptions::new()
+            .write(true)
+            .open(&volume)
+            .unwrap();
+        file.write_all_at(&content, MIB).unwrap();
+    }
+    let server = Server::start(&volume, &socket, &["--readonly"]);
+    let run = guest(
+        r#"
+echo RO=$(cat /sys/block/vda/ro)
+echo CONTENT=$(dd if=/dev/vda bs=1M count=1 skip=1 2>/dev/null | md5sum | cut -d' ' -f1)
+blockdev --setrw /dev/vda 2>/dev/null
+dd if=/dev/zero of=/dev/vda bs=4k count=1 seek=256 oflag=direct 2>/dev/null && echo WRITE=accepted || echo WRITE=refused
+"#,
+    )
+    .vhost_user_blk(&socket)
+    .run(&image)
+    .unwrap();
+    assert!(
+        run.completed(),
+        "{}\nserver: {}",
+        run.tail(30),
+        server.log_text()
+    );
+    assert_eq!(run.value("RO"), Some("1"), "{}", run.tail(30));
+    assert_eq!(run.value("CONTENT"), Some(md5_hex(&content).as_str()));
+    assert_eq!(run.value("WRITE"), Some("refused"), "{}", run.tail(30));
+    server.terminate();
+    assert_eq!(
+        file_range_hash(&volume, MIB, MIB as usize),
+        md5_hex(&content)
+    );
+}
