@@ -91,9 +91,11 @@ struct Args {
     /// Clients connected at once, at most.
     #[arg(long, default_value_t = CONNECTIONS_MAX_DEFAULT, value_name = "COUNT")]
     max_connections: usize,
-    /// Threads serving clients (default: one per core).
-    #[arg(long, value_name = "COUNT")]
-    threads: Option<usize>,
+    /// Threads serving clients. One (the default, like 0-db and Redis) runs a single event
+    /// loop, the fastest when clients share the machine's few cores; more spread clients over
+    /// a work-stealing pool. Disk writes, syncs and slow admin commands have threads of their own.
+    #[arg(long, default_value_t = 1, value_name = "COUNT")]
+    threads: usize,
     /// Bytes of recently read values kept in memory, per namespace (0: no cache).
     #[arg(long, default_value_t = dataplane::cache::CACHE_BYTES_DEFAULT, value_name = "BYTES")]
     cache_size: usize,
@@ -194,10 +196,7 @@ fn main() -> anyhow::Result<()> {
         commands: Default::default(),
         listen_description,
     });
-    let threads = args
-        .threads
-        .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()))
-        .max(1);
+    let threads = args.threads.max(1);
     // One thread: a single-threaded runtime, without the work-stealing scheduler's
     // cross-thread wake-ups (slow commands still run on blocking threads).
     let mut builder = if threads == 1 {
