@@ -1,15 +1,16 @@
 #!/usr/bin/env bash
-# The main job on an embedded default: builds zdb and serves on 0.0.0.0:9900 with its data in
-# ./zdb-data and ./zdb-index under the current folder, until Ctrl-C. Extra arguments go to zdb
-# (see `zdb --help`). Installs redis-cli (redis-tools) so you can talk to it right away.
+# The main job on an embedded default, with no configuration: builds zos and runs
+# `zos flist demo`, which packs the sample tree fixtures/trees/sample into an flist whose
+# chunks go to a local store, mounts it with FUSE (mounting needs root: sudo is used when
+# you are not), shows what is in it, and keeps it mounted until Ctrl-C. Extra arguments go to
+# `zos flist demo` (see `zos flist demo --help`).
 set -euo pipefail
 project=$(cd "$(dirname "$0")" && pwd)
-if ! command -v redis-cli >/dev/null 2>&1; then
-  sudo=""; [ "$(id -u)" -eq 0 ] || sudo="sudo"
-  $sudo apt-get update -qq
-  DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends redis-tools >/dev/null
+cd "$project"
+sudo=""; [ "$(id -u)" -eq 0 ] || sudo="sudo"
+if [ ! -e /dev/fuse ]; then
+  $sudo modprobe fuse 2>/dev/null || { echo "start.sh: /dev/fuse is missing (FUSE is not available here)" >&2; exit 1; }
 fi
-cargo build --release --locked --manifest-path "$project/Cargo.toml" --bin zdb
-target=$(cargo metadata --format-version 1 --no-deps --manifest-path "$project/Cargo.toml" | python3 -c 'import json,sys; print(json.load(sys.stdin)["target_directory"])')
-echo "zdb: serving on port 9900, data in $(pwd)/zdb-data; try: redis-cli -p 9900 SET hello world"
-exec "$target/release/zdb" "$@"
+cargo build --release --locked -p control --bin zos -p dataplane --bin zdb
+target=$(cargo metadata --format-version 1 --no-deps --locked | python3 -c 'import json,sys; print(json.load(sys.stdin)["target_directory"])')
+exec $sudo "$target/release/zos" flist demo "$@"
