@@ -149,6 +149,20 @@ fn text(bytes: &[u8]) -> String {
     String::from_utf8_lossy(bytes).into_owned()
 }
 
+/// Hands a slow command's work to the connection, which runs it on a blocking thread.
+fn defer(
+    session: &mut Session,
+    server: &ServerState,
+    job: impl FnOnce(&Engine, &mut Vec<u8>) + Send + 'static,
+) {
+    let engine = Arc::clone(&server.engine);
+    session.slow = Some(Box::new(move || {
+        let mut out = Vec::new();
+        job(&engine, &mut out);
+        out
+    }));
+}
+
 /// Replies to a SET: the key (or the new id in seq mode), nil when nothing changed.
 fn reply_set(
     session: &mut Session,
@@ -696,45 +710,37 @@ pub fn execute(server: &ServerState, session: &mut Session, args: &[&[u8]], out:
                 return fail(out, "ERR CHAIN PROOF takes record numbers");
             };
             let count = count.min(CHAIN_PROOF_DIGESTS_MAX);
-            let engine = Arc::clone(&server.engine);
-            session.slow = Some(Box::new(move || {
-                let mut out = Vec::new();
+            defer(session, server, move |engine, out| {
                 match engine.chain_digests(&target, from, count) {
                     Ok(digests) => {
-                        reply::array(&mut out, digests.len());
+                        reply::array(out, digests.len());
                         for digest in digests {
-                            reply::bulk(&mut out, &digest);
+                            reply::bulk(out, &digest);
                         }
                     }
-                    Err(failure) => fail(&mut out, &format!("ERR {failure}")),
+                    Err(failure) => fail(out, &format!("ERR {failure}")),
                 }
-                out
-            }));
+            });
         }
         "VERIFY" => {
             arity!(argc == 2);
             need_admin!();
             let target = try_engine!(engine.namespace(&text(args[1])));
-            let engine = Arc::clone(&server.engine);
-            session.slow = Some(Box::new(move || {
-                let mut out = Vec::new();
+            defer(session, server, move |engine, out| {
                 match engine.verify(&target) {
-                    Ok(_) => reply::ok(&mut out),
-                    Err(failure) => fail(&mut out, &format!("ERR VERIFY failed: {failure}")),
+                    Ok(_) => reply::ok(out),
+                    Err(failure) => fail(out, &format!("ERR VERIFY failed: {failure}")),
                 }
-                out
-            }));
+            });
         }
         "COMPACT" => {
             arity!(argc == 2);
             need_admin!();
             let target = try_engine!(engine.namespace(&text(args[1])));
-            let engine = Arc::clone(&server.engine);
-            session.slow = Some(Box::new(move || {
-                let mut out = Vec::new();
+            defer(session, server, move |engine, out| {
                 match engine.compact(&target) {
                     Ok(report) => reply::simple(
-                        &mut out,
+                        out,
                         &format!(
                             "OK segments {} -> {}, bytes {} -> {}, records kept {}, dropped {}, longest pause {} us",
                             report.segments_before,
@@ -746,10 +752,9 @@ pub fn execute(server: &ServerState, session: &mut Session, args: &[&[u8]], out:
                             report.pause_max_us
                         ),
                     ),
-                    Err(error) => engine_error(&mut out, &error),
+                    Err(error) => engine_error(out, &error),
                 }
-                out
-            }));
+            });
         }
         "STOP" => {
             need_admin!();
