@@ -5,6 +5,8 @@
 mod flist;
 mod stor;
 mod vm;
+mod vm_fs;
+mod vm_machine;
 
 use clap::Parser;
 

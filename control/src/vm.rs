@@ -15,6 +15,12 @@ pub enum VmCommand {
     /// VM disks: volumes served to QEMU (or any vhost-user VMM) over vhost-user-blk.
     #[command(subcommand)]
     Disk(DiskCommand),
+    /// Flist shares: an flist served to a VM over vhost-user-fs (virtio-fs).
+    #[command(subcommand)]
+    Fs(crate::vm_fs::FsCommand),
+    /// VM lifecycle: start, list and stop supervised VMs.
+    #[command(flatten)]
+    Machine(crate::vm_machine::MachineCommand),
 }
 
 /// `zos vm disk` subcommands.
@@ -86,6 +92,8 @@ pub enum DiskCommand {
 pub fn run(command: VmCommand) -> anyhow::Result<()> {
     match command {
         VmCommand::Disk(command) => disk(command),
+        VmCommand::Fs(command) => crate::vm_fs::run(command),
+        VmCommand::Machine(command) => crate::vm_machine::run(command),
     }
 }
 
