@@ -367,20 +367,42 @@ pub fn valid_namespace_name(name: &str) -> bool {
             .all(|b| b.is_ascii_alphanumeric() || b == b'.' || b == b'_' || b == b'-')
 }
 
-/// Bytes appended but not yet on disk, for one segment.
+/// Bytes appended but not yet on disk, for one segment. Records are appended unsealed (no
+/// chain link, no checksums: see `record::encode_unsealed`) and sealed later in log order,
+/// normally by the flusher on its own thread; `data[..sealed]` is sealed.
 #[derive(Debug)]
 struct PendingChunk {
     segment: u32,
     offset: u64,
     data: Vec<u8>,
+    sealed: usize,
 }
 
-/// What the flusher took from a namespace and is writing.
+impl PendingChunk {
+    /// Seals every record of the chunk not sealed yet, extending the chain from `head`.
+    fn seal(&mut self, head: &mut [u8; LINK_BYTES]) {
+        while self.sealed < self.data.len() {
+            let (link, length) = record::seal(&mut self.data[self.sealed..], head);
+            *head = link;
+            self.sealed += length;
+        }
+    }
+
+    fn holds(&self, location: Location) -> bool {
+        location.segment == self.segment
+            && location.offset >= self.offset
+            && location.offset < self.offset + self.data.len() as u64
+    }
+}
+
+/// What the flusher took from a namespace and is writing. `data` is `None` while the flusher
+/// seals it (outside the namespace lock); readers of those bytes wait on `Namespace::sealed`.
 #[derive(Debug)]
 struct InflightChunk {
     segment: u32,
     offset: u64,
-    data: Arc<Vec<u8>>,
+    length: usize,
+    data: Option<Arc<Vec<u8>>>,
 }
 
 /// One buffer the flusher writes: namespace, file, offset, bytes.
@@ -399,7 +421,12 @@ struct NsState {
     pending: Vec<PendingChunk>,
     inflight: Vec<InflightChunk>,
     pending_bytes: usize,
+    /// Link of the last sealed record (every record before `pending` is sealed, and so is
+    /// `pending`'s sealed prefix). Use `Engine::sealed_state` for the head of everything.
     chain_head: [u8; LINK_BYTES],
+    /// The flusher is sealing records it took from `pending`: `chain_head` moves on when it
+    /// is done.
+    sealing: bool,
     next_sequence: u64,
     next_id: u64,
     record_count: u64,
@@ -422,6 +449,8 @@ pub struct Namespace {
     data_dir: PathBuf,
     index_dir: PathBuf,
     state: Mutex<NsState>,
+    /// Signalled (with `state`) when the flusher has sealed what it took.
+    sealed: Condvar,
     /// Held while the index snapshot is written: the flusher and compaction both write it.
     snapshot_writer: Mutex<()>,
 }
@@ -666,6 +695,7 @@ impl Engine {
             data_dir,
             index_dir,
             state: Mutex::new(state),
+            sealed: Condvar::new(),
             snapshot_writer: Mutex::new(()),
         })
     }
@@ -844,20 +874,19 @@ impl Engine {
                 segment: segment_id,
                 offset,
                 data: Vec::with_capacity(64 * 1024),
+                sealed: 0,
             });
         }
         let record = NewRecord {
             sequence: state.next_sequence,
             ..*new
         };
-        let chain_head = state.chain_head;
         let Some(chunk) = state.pending.last_mut() else {
             return Err(EngineError::Failed("pending buffer missing".into()));
         };
         let before = chunk.data.len();
-        let (link, _) = record::encode(&record, &chain_head, &mut chunk.data);
+        record::encode_unsealed(&record, &mut chunk.data);
         let written = (chunk.data.len() - before) as u64;
-        state.chain_head = link;
         state.next_sequence += 1;
         state.record_count += 1;
         state.append_offset += written;
@@ -893,6 +922,7 @@ impl Engine {
             segment: segment_id,
             offset: 0,
             data: segment::encode_header(segment_id, now_us()).to_vec(),
+            sealed: SEGMENT_HEADER_BYTES,
         });
         state.pending_bytes += SEGMENT_HEADER_BYTES;
         state.log_bytes += SEGMENT_HEADER_BYTES as u64;
@@ -963,22 +993,46 @@ impl Engine {
         location: Location,
         length: usize,
     ) -> Result<Vec<u8>> {
-        let in_memory = |segment: u32, offset: u64, data: &[u8]| -> Option<Vec<u8>> {
-            if segment != location.segment || location.offset < offset {
-                return None;
+        let mut state = state;
+        // Records not yet on disk are read from memory, once sealed.
+        loop {
+            if let Some(chunk) = state.pending.iter().find(|c| c.holds(location)) {
+                let start = (location.offset - chunk.offset) as usize;
+                if start + length > chunk.sealed {
+                    state = seal_pending(namespace, state);
+                    continue;
+                }
+                if let Some(bytes) = chunk.data.get(start..start + length) {
+                    return Ok(bytes.to_vec());
+                }
+                break;
             }
-            let start = (location.offset - offset) as usize;
-            data.get(start..start + length).map(|b| b.to_vec())
-        };
-        for chunk in &state.pending {
-            if let Some(bytes) = in_memory(chunk.segment, chunk.offset, &chunk.data) {
-                return Ok(bytes);
+            let inflight = state.inflight.iter().find(|c| {
+                c.segment == location.segment
+                    && location.offset >= c.offset
+                    && location.offset < c.offset + c.length as u64
+            });
+            match inflight {
+                Some(InflightChunk { data: None, .. }) => {
+                    state = namespace
+                        .sealed
+                        .wait(state)
+                        .unwrap_or_else(|p| p.into_inner());
+                    continue;
+                }
+                Some(InflightChunk {
+                    data: Some(data),
+                    offset,
+                    ..
+                }) => {
+                    let start = (location.offset - offset) as usize;
+                    if let Some(bytes) = data.get(start..start + length) {
+                        return Ok(bytes.to_vec());
+                    }
+                }
+                None => {}
             }
-        }
-        for chunk in &state.inflight {
-            if let Some(bytes) = in_memory(chunk.segment, chunk.offset, &chunk.data) {
-                return Ok(bytes);
-            }
+            break;
         }
         let file =
             state
@@ -1255,7 +1309,23 @@ impl Engine {
             let end = if segment_id == state.active_segment {
                 state.append_offset
             } else {
-                file.metadata()?.len()
+                // A finished segment whose tail the flusher has not written yet ends where
+                // its records in memory end.
+                let in_memory = state
+                    .pending
+                    .iter()
+                    .filter(|c| c.segment == segment_id)
+                    .map(|c| c.offset + c.data.len() as u64)
+                    .chain(
+                        state
+                            .inflight
+                            .iter()
+                            .filter(|c| c.segment == segment_id)
+                            .map(|c| c.offset + c.length as u64),
+                    )
+                    .max()
+                    .unwrap_or(0);
+                file.metadata()?.len().max(in_memory)
             };
             if offset + HEADER_BYTES as u64 > end {
                 return Ok(true);
@@ -1413,7 +1483,7 @@ impl Engine {
     }
 
     pub fn info(&self, namespace: &Namespace) -> NamespaceInfo {
-        let state = lock(&namespace.state);
+        let state = seal_pending(namespace, lock(&namespace.state));
         NamespaceInfo {
             name: namespace.name.clone(),
             entries: state.index.len() as u64,
@@ -1443,13 +1513,15 @@ impl Engine {
     /// writes (a bounded pause); returns the chain head and record count at that point.
     fn flush_now(&self, namespace: &Namespace) -> Result<([u8; LINK_BYTES], u64)> {
         loop {
-            let mut state = lock(&namespace.state);
+            let state = lock(&namespace.state);
             if !state.inflight.is_empty() {
                 // The flusher is writing some of our records: let it finish first.
                 drop(state);
                 std::thread::sleep(Duration::from_micros(200));
                 continue;
             }
+            // Nothing in flight, so nothing is being sealed: this cannot wait.
+            let mut state = seal_pending(namespace, state);
             let pending = std::mem::take(&mut state.pending);
             let mut written = 0usize;
             let files: Vec<Arc<File>> = state.files.values().cloned().collect();
@@ -1482,7 +1554,7 @@ impl Engine {
 
     /// The chain head of a namespace and the number of records it covers (CHAIN).
     pub fn chain(&self, namespace: &Namespace) -> Result<([u8; LINK_BYTES], u64)> {
-        let state = lock(&namespace.state);
+        let state = seal_pending(namespace, lock(&namespace.state));
         state.readable()?;
         Ok((state.chain_head, state.next_sequence))
     }
@@ -2080,19 +2152,46 @@ impl Engine {
             let mut batch: Vec<FlushWrite> = Vec::new();
             for namespace in &namespaces {
                 let mut state = lock(&namespace.state);
-                let pending = std::mem::take(&mut state.pending);
+                if state.pending.is_empty() || state.sealing {
+                    continue;
+                }
+                // Take the pending records, seal them here, off the lock (this is the
+                // hashing that would otherwise slow every SET), then publish them.
+                let mut pending = std::mem::take(&mut state.pending);
+                pending.retain(|chunk| state.files.contains_key(&chunk.segment));
+                let mut head = state.chain_head;
+                state.sealing = true;
+                for chunk in &pending {
+                    state.inflight.push(InflightChunk {
+                        segment: chunk.segment,
+                        offset: chunk.offset,
+                        length: chunk.data.len(),
+                        data: None,
+                    });
+                }
+                drop(state);
+                for chunk in &mut pending {
+                    chunk.seal(&mut head);
+                }
+                let mut state = lock(&namespace.state);
                 for chunk in pending {
                     let Some(file) = state.files.get(&chunk.segment).cloned() else {
                         continue;
                     };
                     let data = Arc::new(chunk.data);
-                    state.inflight.push(InflightChunk {
-                        segment: chunk.segment,
-                        offset: chunk.offset,
-                        data: Arc::clone(&data),
-                    });
+                    if let Some(slot) = state.inflight.iter_mut().find(|c| {
+                        c.data.is_none() && c.segment == chunk.segment && c.offset == chunk.offset
+                    }) {
+                        slot.data = Some(Arc::clone(&data));
+                    }
                     batch.push((Arc::clone(namespace), file, chunk.offset, data));
                 }
+                // A chunk whose file went away meanwhile (FLUSH, deletion) is not written.
+                state.inflight.retain(|c| c.data.is_some());
+                state.chain_head = head;
+                state.sealing = false;
+                drop(state);
+                namespace.sealed.notify_all();
             }
             for (_, file, _, _) in &batch {
                 if !dirty_files.iter().any(|f| Arc::ptr_eq(f, file)) {
@@ -2127,10 +2226,13 @@ impl Engine {
                 let mut released = 0usize;
                 state.inflight.retain(|chunk| {
                     let written = batch.iter().any(|(_, _, offset, data)| {
-                        Arc::ptr_eq(data, &chunk.data) && *offset == chunk.offset
+                        chunk
+                            .data
+                            .as_ref()
+                            .is_some_and(|d| Arc::ptr_eq(data, d) && *offset == chunk.offset)
                     });
                     if written {
-                        released += chunk.data.len();
+                        released += chunk.length;
                     }
                     !written
                 });
@@ -2277,6 +2379,29 @@ impl Location {
     }
 }
 
+/// Waits until the flusher is not sealing, then seals every pending record, so that
+/// `chain_head` is the head of every record appended so far.
+fn seal_pending<'a>(
+    namespace: &'a Namespace,
+    mut state: MutexGuard<'a, NsState>,
+) -> MutexGuard<'a, NsState> {
+    while state.sealing {
+        state = namespace
+            .sealed
+            .wait(state)
+            .unwrap_or_else(|p| p.into_inner());
+    }
+    let NsState {
+        pending,
+        chain_head,
+        ..
+    } = &mut *state;
+    for chunk in pending.iter_mut() {
+        chunk.seal(chain_head);
+    }
+    state
+}
+
 fn empty_state(settings: Settings, cache_bytes_max: usize) -> NsState {
     NsState {
         settings,
@@ -2289,6 +2414,7 @@ fn empty_state(settings: Settings, cache_bytes_max: usize) -> NsState {
         inflight: Vec::new(),
         pending_bytes: 0,
         chain_head: [0u8; LINK_BYTES],
+        sealing: false,
         next_sequence: 0,
         next_id: 0,
         record_count: 0,

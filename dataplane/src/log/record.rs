@@ -101,9 +101,20 @@ pub fn encode(
     prev_link: &[u8; LINK_BYTES],
     out: &mut Vec<u8>,
 ) -> ([u8; LINK_BYTES], u32) {
+    let start = out.len();
+    encode_unsealed(record, out);
+    let (link, _) = seal(&mut out[start..], prev_link);
+    (link, u32_at(out, start + 76))
+}
+
+/// Appends the record with its chain link and checksums still open: the engine seals records
+/// later, in log order, off the path that answers the client (see [`seal`]). An unsealed
+/// record only ever lives in memory: bytes 36..76 are zero and bytes 76..80 hold the value's
+/// crc32 until [`seal`] replaces them.
+pub fn encode_unsealed(record: &NewRecord<'_>, out: &mut Vec<u8>) {
     debug_assert!(record.key.len() <= KEY_BYTES_MAX);
     debug_assert!(record.value.len() <= VALUE_BYTES_MAX);
-    let start = out.len();
+    out.reserve(HEADER_BYTES + record.key.len() + record.value.len());
     out.extend_from_slice(&MAGIC);
     out.push(VERSION);
     out.push(record.flags);
@@ -114,29 +125,49 @@ pub fn encode(
     out.extend_from_slice(&record.sequence.to_le_bytes());
     out.extend_from_slice(&record.prev_segment.to_le_bytes());
     out.extend_from_slice(&record.prev_offset.to_le_bytes());
-    let mut content = blake3::Hasher::new();
-    content.update(&out[start..start + 36]);
-    content.update(record.key);
-    content.update(record.value);
-    let link = link_from(prev_link, content.finalize().as_bytes());
-    out.extend_from_slice(&link);
-    out.extend_from_slice(&[0u8; 4]);
-    let header_crc = crc32fast::hash(&out[start..start + 72]);
-    // The record crc covers header, key and value; the value's own crc is combined in rather
-    // than computed over it a second time.
-    let mut hasher = crc32fast::Hasher::new();
-    hasher.update(&out[start..start + 72]);
-    hasher.update(record.key);
-    hasher.combine(&crc32fast::Hasher::new_with_initial_len(
-        record.value_crc,
-        record.value.len() as u64,
-    ));
-    let record_crc = hasher.finalize();
-    out.extend_from_slice(&header_crc.to_le_bytes());
-    out.extend_from_slice(&record_crc.to_le_bytes());
+    out.extend_from_slice(&[0u8; LINK_BYTES + 8]);
+    out.extend_from_slice(&record.value_crc.to_le_bytes());
     out.extend_from_slice(record.key);
     out.extend_from_slice(record.value);
-    (link, record_crc)
+}
+
+/// Values up to this size get their record crc computed over them again; above it the value's
+/// own crc is combined in (cheaper than a second pass only for large values).
+const CRC_COMBINE_FROM_BYTES: usize = 2048;
+
+/// Seals the unsealed record at the start of `bytes` (written by [`encode_unsealed`]): its
+/// chain link from `prev_link`, its header crc and its record crc. Returns the link and the
+/// record's length.
+pub fn seal(bytes: &mut [u8], prev_link: &[u8; LINK_BYTES]) -> ([u8; LINK_BYTES], usize) {
+    let key_len = bytes[6] as usize;
+    let value_len = u32_at(bytes, 8) as usize;
+    let total = HEADER_BYTES + key_len + value_len;
+    let value_crc = u32_at(bytes, 76);
+    let link = {
+        let (header, body) = bytes.split_at(HEADER_BYTES);
+        let body = &body[..key_len + value_len];
+        let mut content = blake3::Hasher::new();
+        content.update(&header[..36]);
+        content.update(body);
+        link_from(prev_link, content.finalize().as_bytes())
+    };
+    bytes[36..68].copy_from_slice(&link);
+    bytes[68..72].fill(0);
+    let header_crc = crc32fast::hash(&bytes[..72]);
+    let mut hasher = crc32fast::Hasher::new_with_initial_len(header_crc, 72);
+    if value_len >= CRC_COMBINE_FROM_BYTES {
+        hasher.update(&bytes[HEADER_BYTES..HEADER_BYTES + key_len]);
+        hasher.combine(&crc32fast::Hasher::new_with_initial_len(
+            value_crc,
+            value_len as u64,
+        ));
+    } else {
+        hasher.update(&bytes[HEADER_BYTES..total]);
+    }
+    let record_crc = hasher.finalize();
+    bytes[72..76].copy_from_slice(&header_crc.to_le_bytes());
+    bytes[76..80].copy_from_slice(&record_crc.to_le_bytes());
+    (link, total)
 }
 
 fn u32_at(bytes: &[u8], at: usize) -> u32 {
@@ -278,6 +309,41 @@ mod tests {
         assert_eq!(u64_at(&bytes, 20), 42);
         assert_eq!(&bytes[80..83], b"key");
         assert_eq!(&bytes[83..], b"value");
+    }
+
+    #[test]
+    fn sealing_later_equals_encoding_at_once() {
+        // Both crc paths: small values are hashed again, large ones combined.
+        for value_len in [
+            0usize,
+            5,
+            CRC_COMBINE_FROM_BYTES - 1,
+            CRC_COMBINE_FROM_BYTES,
+            9000,
+        ] {
+            let value: Vec<u8> = (0..value_len).map(|i| (i * 7) as u8).collect();
+            let record = NewRecord {
+                flags: 0,
+                key: b"key",
+                value: &value,
+                value_crc: crc32fast::hash(&value),
+                timestamp_us: 5,
+                sequence: 6,
+                prev_segment: 0,
+                prev_offset: 0,
+            };
+            let mut unsealed = Vec::new();
+            encode_unsealed(&record, &mut unsealed);
+            assert!(
+                verify(&unsealed).is_err(),
+                "an unsealed record must not verify"
+            );
+            let (link, length) = seal(&mut unsealed, &[3u8; LINK_BYTES]);
+            assert_eq!(length, unsealed.len());
+            let header = verify(&unsealed).unwrap();
+            assert_eq!(header.link, link);
+            assert_eq!(chain_link(&[3u8; LINK_BYTES], &unsealed, &header), link);
+        }
     }
 
     #[test]
