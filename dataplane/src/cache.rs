@@ -2,12 +2,42 @@
 //! read at all. Bounded in bytes; first in, first out (cheap, and records never change, so
 //! there is nothing to invalidate but what FLUSH and namespace deletion throw away).
 //! Values are kept only after their record was checked (written by us, or read and verified).
+//!
+//! One budget covers the whole server: each namespace's cache may hold an equal share of it,
+//! so adding namespaces shrinks the shares and never grows the total.
 
 use std::collections::{HashMap, VecDeque};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 
-/// Default bytes of values the cache of one namespace holds.
-pub const CACHE_BYTES_DEFAULT: usize = 64 * 1024 * 1024;
+/// Default bytes of values cached by the whole server.
+pub const CACHE_BYTES_DEFAULT: usize = 256 * 1024 * 1024;
+
+/// The server-wide cache budget, shared equally by the namespaces.
+#[derive(Debug)]
+pub struct CacheBudget {
+    total_bytes: usize,
+    namespaces: AtomicUsize,
+}
+
+impl CacheBudget {
+    pub fn new(total_bytes: usize) -> Arc<Self> {
+        Arc::new(Self {
+            total_bytes,
+            namespaces: AtomicUsize::new(1),
+        })
+    }
+
+    /// Tells the budget how many namespaces share it now.
+    pub fn set_namespaces(&self, count: usize) {
+        self.namespaces.store(count.max(1), Ordering::Relaxed);
+    }
+
+    /// What one namespace may hold.
+    pub fn share_bytes(&self) -> usize {
+        self.total_bytes / self.namespaces.load(Ordering::Relaxed).max(1)
+    }
+}
 /// Per-value bookkeeping counted against the bound.
 const ENTRY_OVERHEAD_BYTES: usize = 64;
 
@@ -21,16 +51,16 @@ pub struct ValueCache {
     values: HashMap<u64, Arc<[u8]>, foldhash::fast::RandomState>,
     order: VecDeque<u64>,
     bytes: usize,
-    bytes_max: usize,
+    budget: Arc<CacheBudget>,
 }
 
 impl ValueCache {
-    pub fn new(bytes_max: usize) -> Self {
+    pub fn new(budget: Arc<CacheBudget>) -> Self {
         Self {
             values: HashMap::default(),
             order: VecDeque::new(),
             bytes: 0,
-            bytes_max,
+            budget,
         }
     }
 
@@ -41,10 +71,11 @@ impl ValueCache {
     /// Keeps a copy of `value`; values larger than a sixteenth of the cache are not kept.
     pub fn insert(&mut self, place: u64, value: &[u8]) {
         let cost = value.len() + ENTRY_OVERHEAD_BYTES;
-        if self.bytes_max == 0 || cost > self.bytes_max / 16 || self.values.contains_key(&place) {
+        let bytes_max = self.budget.share_bytes();
+        if bytes_max == 0 || cost > bytes_max / 16 || self.values.contains_key(&place) {
             return;
         }
-        while self.bytes + cost > self.bytes_max {
+        while self.bytes + cost > bytes_max {
             let Some(oldest) = self.order.pop_front() else {
                 break;
             };
@@ -74,7 +105,9 @@ mod tests {
 
     #[test]
     fn bounded_fifo() {
-        let mut cache = ValueCache::new(16 * 1024);
+        let budget = CacheBudget::new(32 * 1024);
+        budget.set_namespaces(2);
+        let mut cache = ValueCache::new(Arc::clone(&budget));
         for i in 0..1000u32 {
             cache.insert(place(1, i), &[i as u8; 100]);
             assert!(cache.bytes() <= 16 * 1024);
@@ -83,7 +116,13 @@ mod tests {
         assert!(cache.get(place(1, 0)).is_none());
         cache.insert(place(2, 0), &[0u8; 2000]); // over a sixteenth: not kept
         assert!(cache.get(place(2, 0)).is_none());
-        let mut off = ValueCache::new(0);
+        budget.set_namespaces(1);
+        cache.insert(place(3, 0), &[0u8; 1500]); // the share grew back
+        assert!(cache.get(place(3, 0)).is_some());
+        budget.set_namespaces(8); // shares shrink: the next insert evicts down to 4 KiB
+        cache.insert(place(3, 1), &[0u8; 100]);
+        assert!(cache.bytes() <= 4 * 1024);
+        let mut off = ValueCache::new(CacheBudget::new(0));
         off.insert(place(1, 1), b"x");
         assert!(off.get(place(1, 1)).is_none());
     }

@@ -21,7 +21,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use thiserror::Error;
 use tokio::sync::watch;
 
-use crate::cache::{self, ValueCache};
+use crate::cache::{self, CacheBudget, ValueCache};
 use crate::log::archive;
 use crate::log::index_file::{self, Entry, Index, Key, SnapshotMeta};
 use crate::log::record::{
@@ -101,7 +101,8 @@ pub struct EngineConfig {
     pub default_mode: Mode,
     pub snapshot_interval: Duration,
     pub pending_bytes_max: usize,
-    /// Bytes of recently used values each namespace keeps in memory (0: none).
+    /// Bytes of recently read values the server keeps in memory, shared equally by the
+    /// namespaces (0: none).
     pub cache_bytes_max: usize,
     /// Share of garbage in a namespace's log past which it is compacted by itself (0: never).
     pub compact_garbage_ratio: f64,
@@ -489,6 +490,8 @@ pub struct Engine {
     flusher: Mutex<Option<JoinHandle<()>>>,
     /// One automatic compaction at a time, server-wide.
     compaction_running: Arc<AtomicBool>,
+    /// The value cache's server-wide budget.
+    cache_budget: Arc<CacheBudget>,
 }
 
 fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -510,6 +513,7 @@ impl Engine {
             rounds: 0,
             failed: false,
         });
+        let cache_budget = CacheBudget::new(config.cache_bytes_max);
         let engine = Arc::new(Engine {
             config,
             io,
@@ -523,6 +527,7 @@ impl Engine {
             failed: AtomicBool::new(false),
             flusher: Mutex::new(None),
             compaction_running: Arc::new(AtomicBool::new(false)),
+            cache_budget,
         });
         let mut names = Vec::new();
         for entry in std::fs::read_dir(&engine.config.data_dir)? {
@@ -543,6 +548,7 @@ impl Engine {
                 let namespace = engine.load_namespace(&name)?;
                 namespaces.insert(name, Arc::new(namespace));
             }
+            engine.cache_budget.set_namespaces(namespaces.len());
         }
         if engine.namespace(DEFAULT_NAMESPACE).is_err() {
             engine.create_namespace(DEFAULT_NAMESPACE)?;
@@ -634,6 +640,7 @@ impl Engine {
         sync_dir(&self.config.data_dir)?;
         let namespace = Arc::new(self.load_namespace(name)?);
         namespaces.insert(name.to_string(), Arc::clone(&namespace));
+        self.cache_budget.set_namespaces(namespaces.len());
         tracing::info!(namespace = name, "namespace created");
         Ok(namespace)
     }
@@ -642,14 +649,17 @@ impl Engine {
     pub fn delete_namespace(&self, name: &str) -> Result<()> {
         let namespace = {
             let mut namespaces = self.namespaces.write().unwrap_or_else(|p| p.into_inner());
-            namespaces
+            let removed = namespaces
                 .remove(name)
-                .ok_or(EngineError::NamespaceNotFound)?
+                .ok_or(EngineError::NamespaceNotFound)?;
+            self.cache_budget.set_namespaces(namespaces.len());
+            removed
         };
         let mut state = lock(&namespace.state);
         state.deleted = true;
         state.pending.clear();
         state.index.clear();
+        state.cache.clear();
         state.files.clear();
         drop(state);
         std::fs::remove_dir_all(&namespace.data_dir)?;
@@ -680,7 +690,7 @@ impl Engine {
             &data_dir,
             &index_dir,
             settings,
-            self.config.cache_bytes_max,
+            Arc::clone(&self.cache_budget),
         )?;
         tracing::info!(
             namespace = name,
@@ -1427,7 +1437,7 @@ impl Engine {
         let _ = std::fs::remove_file(namespace.data_dir.join(archive::FILE_NAME));
         let settings = state.settings.clone();
         let deleted = state.deleted;
-        *state = empty_state(settings, self.config.cache_bytes_max);
+        *state = empty_state(settings, Arc::clone(&self.cache_budget));
         state.deleted = deleted;
         let first = Arc::new(
             File::options()
@@ -2402,11 +2412,11 @@ fn seal_pending<'a>(
     state
 }
 
-fn empty_state(settings: Settings, cache_bytes_max: usize) -> NsState {
+fn empty_state(settings: Settings, cache_budget: Arc<CacheBudget>) -> NsState {
     NsState {
         settings,
         index: Index::default(),
-        cache: ValueCache::new(cache_bytes_max),
+        cache: ValueCache::new(cache_budget),
         files: BTreeMap::new(),
         active_segment: 1,
         append_offset: SEGMENT_HEADER_BYTES as u64,
@@ -2475,9 +2485,9 @@ fn recover(
     data_dir: &Path,
     index_dir: &Path,
     settings: Settings,
-    cache_bytes_max: usize,
+    cache_budget: Arc<CacheBudget>,
 ) -> Result<NsState> {
-    let mut state = empty_state(settings, cache_bytes_max);
+    let mut state = empty_state(settings, cache_budget);
     // Output of a compaction that was interrupted before it finished writing: never used.
     for entry in std::fs::read_dir(data_dir)? {
         let path = entry?.path();
