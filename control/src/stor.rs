@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context};
 use erasure::config::{BackendConfig, Config};
-use erasure::daemon::client::DaemonClient;
+use erasure::daemon::client::{DaemonClient, Endpoint};
 use erasure::zstor::{default_config_path, ObjectInfo, PutReport, Zstor};
 use indicatif::{ProgressBar, ProgressStyle};
 
@@ -23,10 +23,12 @@ pub struct Common {
 /// `--daemon`: go through a running `zos stor daemon` instead of the backends directly.
 #[derive(Debug, clap::Args)]
 pub struct Via {
-    /// Send the request to the `zos stor daemon` listening on this unix socket (the token
-    /// is read from the config) instead of talking to the backends directly.
-    #[arg(long, value_name = "SOCKET")]
-    daemon: Option<PathBuf>,
+    /// Send the request to a running `zos stor daemon` instead of talking to the backends
+    /// directly: at a unix socket path or `http://host:port`, or, with no value, at the
+    /// config's [daemon] socket (default <state_dir>/zstor.sock). The token is read from
+    /// the config. Without a value, put `--daemon` after the positional arguments.
+    #[arg(long, value_name = "SOCKET|URL", num_args = 0..=1, default_missing_value = "")]
+    daemon: Option<String>,
 }
 
 /// `--json` for the commands that print reports.
@@ -118,6 +120,8 @@ pub enum StorCommand {
         #[command(flatten)]
         output: Output,
         #[command(flatten)]
+        via: Via,
+        #[command(flatten)]
         common: Common,
     },
     /// Rebuild missing or corrupt shards (of one object, or of all objects and the repair
@@ -127,6 +131,8 @@ pub enum StorCommand {
         key: Option<String>,
         #[command(flatten)]
         output: Output,
+        #[command(flatten)]
+        via: Via,
         #[command(flatten)]
         common: Common,
     },
@@ -152,6 +158,8 @@ pub enum StorCommand {
     Status {
         #[command(flatten)]
         output: Output,
+        #[command(flatten)]
+        via: Via,
         #[command(flatten)]
         common: Common,
     },
@@ -281,8 +289,8 @@ async fn run_async(command: StorCommand) -> anyhow::Result<()> {
                     .map(|name| name.to_string_lossy().into_owned())
                     .with_context(|| format!("{} has no file name; give --key", file.display()))?,
             };
-            if let Some(socket) = via.daemon {
-                let client = daemon_client(&common, &socket)?;
+            if let Some(target) = via.daemon {
+                let client = daemon_client(&common, &target)?;
                 let report = if from_stdin {
                     client.put(&name, tokio::io::stdin(), None).await
                 } else {
@@ -326,11 +334,11 @@ async fn run_async(command: StorCommand) -> anyhow::Result<()> {
             key,
             output,
             via: Via {
-                daemon: Some(socket),
+                daemon: Some(target),
             },
             common,
         } => {
-            let client = daemon_client(&common, &socket)?;
+            let client = daemon_client(&common, &target)?;
             match &output {
                 Some(path) => {
                     let partial = partial_path(path);
@@ -368,11 +376,11 @@ async fn run_async(command: StorCommand) -> anyhow::Result<()> {
         StorCommand::Ls {
             output,
             via: Via {
-                daemon: Some(socket),
+                daemon: Some(target),
             },
             common,
         } => {
-            let objects = daemon_client(&common, &socket)?
+            let objects = daemon_client(&common, &target)?
                 .list()
                 .await
                 .context("listing objects through the daemon")?;
@@ -381,11 +389,11 @@ async fn run_async(command: StorCommand) -> anyhow::Result<()> {
         StorCommand::Rm {
             key,
             via: Via {
-                daemon: Some(socket),
+                daemon: Some(target),
             },
             common,
         } => {
-            daemon_client(&common, &socket)?
+            daemon_client(&common, &target)?
                 .delete(&key)
                 .await
                 .with_context(|| format!("deleting {key:?} through the daemon"))?;
@@ -471,15 +479,25 @@ async fn run_async(command: StorCommand) -> anyhow::Result<()> {
         StorCommand::Check {
             key,
             output,
+            via,
             common,
         } => {
-            let zstor = open(&common)?;
             let bar = bar(None, false);
-            let checks = zstor
-                .check(key.as_deref().map(str::as_bytes), &|_| bar.inc(1))
-                .await
-                .context("checking")?;
+            let checks = match &via.daemon {
+                Some(target) => {
+                    bar.enable_steady_tick(std::time::Duration::from_millis(200));
+                    daemon_client(&common, target)?
+                        .check(key.as_deref())
+                        .await
+                        .context("checking through the daemon")
+                }
+                None => open(&common)?
+                    .check(key.as_deref().map(str::as_bytes), &|_| bar.inc(1))
+                    .await
+                    .context("checking"),
+            };
             bar.finish_and_clear();
+            let checks = checks?;
             let unhealthy = checks.iter().filter(|check| !check.healthy()).count();
             if output.json {
                 print_json(&checks)?;
@@ -519,15 +537,25 @@ async fn run_async(command: StorCommand) -> anyhow::Result<()> {
         StorCommand::Repair {
             key,
             output,
+            via,
             common,
         } => {
-            let zstor = open(&common)?;
             let bar = bar(None, false);
-            let repairs = zstor
-                .repair(key.as_deref().map(str::as_bytes), &|_| bar.inc(1))
-                .await
-                .context("repairing")?;
+            let repairs = match &via.daemon {
+                Some(target) => {
+                    bar.enable_steady_tick(std::time::Duration::from_millis(200));
+                    daemon_client(&common, target)?
+                        .repair(key.as_deref())
+                        .await
+                        .context("repairing through the daemon")
+                }
+                None => open(&common)?
+                    .repair(key.as_deref().map(str::as_bytes), &|_| bar.inc(1))
+                    .await
+                    .context("repairing"),
+            };
             bar.finish_and_clear();
+            let repairs = repairs?;
             let failed = repairs
                 .iter()
                 .filter(|repair| !repair.failures.is_empty())
@@ -599,9 +627,18 @@ async fn run_async(command: StorCommand) -> anyhow::Result<()> {
             .await
             .context("running the zstor daemon")
         }
-        StorCommand::Status { output, common } => {
-            let zstor = open(&common)?;
-            let statuses = zstor.status().await;
+        StorCommand::Status {
+            output,
+            via,
+            common,
+        } => {
+            let statuses = match &via.daemon {
+                Some(target) => daemon_client(&common, target)?
+                    .status()
+                    .await
+                    .context("asking the daemon for the backends' status")?,
+                None => open(&common)?.status().await,
+            };
             if output.json {
                 print_json(&statuses)?;
             } else {
@@ -666,7 +703,9 @@ fn print_objects(objects: &[ObjectInfo], json: bool) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn daemon_client(common: &Common, socket: &Path) -> anyhow::Result<DaemonClient> {
+/// A client for the daemon at `target` (a socket path or `http://host:port`), or at the
+/// config's socket when `target` is empty; the token comes from the config.
+fn daemon_client(common: &Common, target: &str) -> anyhow::Result<DaemonClient> {
     let path = config_path(common);
     let config = Config::load(&path).with_context(|| {
         format!(
@@ -674,7 +713,18 @@ fn daemon_client(common: &Common, socket: &Path) -> anyhow::Result<DaemonClient>
             path.display()
         )
     })?;
-    Ok(DaemonClient::new(socket, config.daemon.token))
+    let endpoint = if target.is_empty() {
+        Endpoint::Unix(
+            config
+                .daemon
+                .socket
+                .clone()
+                .unwrap_or_else(|| config.state_dir().join("zstor.sock")),
+        )
+    } else {
+        Endpoint::parse(target)?
+    };
+    Ok(DaemonClient::with_endpoint(endpoint, config.daemon.token))
 }
 
 fn partial_path(path: &Path) -> PathBuf {

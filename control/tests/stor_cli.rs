@@ -1,6 +1,8 @@
 //! `zos stor` as a user drives it, over six real zdb servers: init (and its refusal to
 //! overwrite), put from a file and from stdin, get to a file and to stdout, ls/status/check
-//! with --json, a dead backend during a put (stored, queued), repair, rm, and clear failures.
+//! with --json, a dead backend during a put (stored, queued), repair, rm, and clear failures;
+//! put/get/ls/rm/status/check/repair also through a running daemon, over its unix socket
+//! (given, or the config's) and over TCP.
 //!
 //! Needs the `zdb` binary: `ZDB_BIN`, or built with cargo into this test's target directory.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
@@ -36,6 +38,36 @@ fn zdb_binary() -> PathBuf {
 }
 
 struct Zdb(Child);
+
+/// A `zos stor daemon`, stopped when dropped.
+struct Daemon(Child);
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+fn wait_for_socket(socket: &Path) {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !socket.exists() {
+        assert!(
+            Instant::now() < deadline,
+            "the daemon did not create its socket {}",
+            socket.display()
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
 
 impl Drop for Zdb {
     fn drop(&mut self) {
@@ -189,14 +221,7 @@ fn zos_stor_end_to_end() {
         .stderr(Stdio::null())
         .spawn()
         .unwrap();
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while !socket.exists() {
-        assert!(
-            Instant::now() < deadline,
-            "the daemon did not create its socket"
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    wait_for_socket(&socket);
     let via = socket.to_str().unwrap();
     let put = zos(
         &[
@@ -250,6 +275,41 @@ fn zos_stor_end_to_end() {
     let _ = daemon.kill();
     let _ = daemon.wait();
 
+    // A second daemon, on the config's socket (under the state directory) and on TCP, for
+    // status, check and repair through it while backends die and come back.
+    let tcp_port = free_port();
+    let tcp = format!("http://127.0.0.1:{tcp_port}");
+    let default_socket = state.join("zos/stor/zstor.sock");
+    let daemon = Daemon(
+        Command::new(env!("CARGO_BIN_EXE_zos"))
+            .args([
+                "stor",
+                "daemon",
+                "--listen",
+                &format!("127.0.0.1:{tcp_port}"),
+            ])
+            .arg("--config")
+            .arg(&config)
+            .env("XDG_STATE_HOME", &state)
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    wait_for_socket(&default_socket);
+    let status = zos(
+        &["stor", "status", "--json", "--daemon", &tcp],
+        &config,
+        &state,
+    );
+    assert!(status.status.success(), "{}", text(&status));
+    let check = zos(&["stor", "check", "--daemon"], &config, &state);
+    assert!(check.status.success(), "{}", text(&check));
+    assert!(
+        String::from_utf8_lossy(&check.stdout).contains("ok"),
+        "{}",
+        text(&check)
+    );
+
     // A backend dies: a put still succeeds with a warning; check fails; status names it.
     servers[3] = None;
     let put = zos(
@@ -277,6 +337,51 @@ fn zos_stor_end_to_end() {
     );
     let check = zos(&["stor", "check", "--json"], &config, &state);
     assert!(!check.status.success(), "{}", text(&check));
+    // The daemon sees the same: one backend down, the degraded object's missing shards.
+    let status = zos(
+        &["stor", "status", "--json", "--daemon", &tcp],
+        &config,
+        &state,
+    );
+    assert!(!status.status.success(), "{}", text(&status));
+    assert!(
+        text(&status).contains("1 of 6 backends are unreachable"),
+        "{}",
+        text(&status)
+    );
+    let statuses: serde_json::Value = serde_json::from_slice(&status.stdout).unwrap();
+    let down: Vec<&serde_json::Value> = statuses
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|backend| backend["reachable"] == false)
+        .collect();
+    assert_eq!(down.len(), 1, "{}", text(&status));
+    assert!(
+        down[0]["backend"]
+            .as_str()
+            .unwrap()
+            .contains(&ports[3].to_string()),
+        "{}",
+        text(&status)
+    );
+    let check = zos(
+        &["stor", "check", "degraded", "--json", "--daemon", &tcp],
+        &config,
+        &state,
+    );
+    assert!(!check.status.success(), "{}", text(&check));
+    let checks: serde_json::Value = serde_json::from_slice(&check.stdout).unwrap();
+    let problems = checks[0]["problems"].as_array().unwrap();
+    assert!(!problems.is_empty(), "{}", text(&check));
+    assert!(
+        problems.iter().all(|problem| problem["backend"]
+            .as_str()
+            .unwrap()
+            .contains(&ports[3].to_string())),
+        "{}",
+        text(&check)
+    );
 
     // Too many down: a put fails, names the backends, and a get fails without leaving a file.
     servers[4] = None;
@@ -316,15 +421,48 @@ fn zos_stor_end_to_end() {
             ports[index],
         ));
     }
+    let socket = default_socket.to_str().unwrap();
+    let repair = zos(
+        &["stor", "repair", "--json", "--daemon", socket],
+        &config,
+        &state,
+    );
+    assert!(repair.status.success(), "{}", text(&repair));
+    let repairs: serde_json::Value = serde_json::from_slice(&repair.stdout).unwrap();
+    let degraded = repairs
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|repair| repair["name"] == "degraded")
+        .unwrap_or_else(|| panic!("degraded not repaired: {}", text(&repair)));
+    assert!(
+        degraded["shards_rebuilt"].as_u64().unwrap() > 0,
+        "{}",
+        text(&repair)
+    );
+    let check = zos(&["stor", "check", "--daemon", &tcp], &config, &state);
+    assert!(check.status.success(), "{}", text(&check));
     let repair = zos(&["stor", "repair"], &config, &state);
     assert!(repair.status.success(), "{}", text(&repair));
     assert!(
-        String::from_utf8_lossy(&repair.stdout).contains("degraded:"),
+        String::from_utf8_lossy(&repair.stdout).contains("degraded: 0 shards rebuilt"),
         "{}",
         text(&repair)
     );
     let check = zos(&["stor", "check"], &config, &state);
     assert!(check.status.success(), "{}", text(&check));
+    let bad_address = zos(
+        &["stor", "status", "--daemon", "https://127.0.0.1:1"],
+        &config,
+        &state,
+    );
+    assert!(!bad_address.status.success());
+    assert!(
+        text(&bad_address).contains("bad zstor daemon address"),
+        "{}",
+        text(&bad_address)
+    );
+    drop(daemon);
     let rm = zos(&["stor", "rm", "degraded"], &config, &state);
     assert!(rm.status.success(), "{}", text(&rm));
     let ls = zos(&["stor", "ls"], &config, &state);

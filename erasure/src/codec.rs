@@ -347,6 +347,20 @@ pub fn parse_shard(frame: &[u8]) -> Result<(ShardHeader, u32, &[u8]), CodecError
         )));
     }
     let codec = RsCodecId::from_byte(frame[5]).map_err(|e| CodecError::BadShard(e.to_string()))?;
+    let (data_shards, parity_shards, index) = (frame[6], frame[7], frame[8]);
+    if data_shards == 0
+        || parity_shards == 0
+        || data_shards as usize > DATA_SHARDS_MAX
+        || parity_shards as usize > PARITY_SHARDS_MAX
+        || index as usize >= data_shards as usize + parity_shards as usize
+    {
+        return Err(CodecError::BadShard(format!(
+            "shard {index} of {data_shards}+{parity_shards} is out of range"
+        )));
+    }
+    if frame[9..12] != [0, 0, 0] {
+        return Err(CodecError::BadShard("reserved header bytes are set".into()));
+    }
     let payload_bytes = u32::from_le_bytes([frame[12], frame[13], frame[14], frame[15]]) as usize;
     if frame.len() != SHARD_HEADER_BYTES + payload_bytes {
         return Err(CodecError::BadShard(format!(
@@ -365,9 +379,9 @@ pub fn parse_shard(frame: &[u8]) -> Result<(ShardHeader, u32, &[u8]), CodecError
     Ok((
         ShardHeader {
             codec,
-            data_shards: frame[6],
-            parity_shards: frame[7],
-            index: frame[8],
+            data_shards,
+            parity_shards,
+            index,
         },
         stored_crc,
         payload,

@@ -6,7 +6,10 @@
 
 use crate::aead::Aead;
 
-use crate::codec::{ChunkInfo, RsCodecId, KEY_BYTES, NONCE_BYTES};
+use crate::codec::{
+    ChunkInfo, RsCodecId, CHUNK_BYTES_MAX, DATA_SHARDS_MAX, KEY_BYTES, NONCE_BYTES,
+    PARITY_SHARDS_MAX, SEALED_HEADER_BYTES, TAG_BYTES,
+};
 
 /// Chunks listed in one page record: at most 4096 × (40 + 6 × 128) bytes ≈ 3.3 MiB, under
 /// zdb's 8 MiB value limit for any geometry.
@@ -213,6 +216,9 @@ impl MetaCodec {
         if record[4] != RECORD_VERSION {
             return Err(MetaError::Corrupt(format!("unknown version {}", record[4])));
         }
+        if record[6..8] != [0, 0] {
+            return Err(MetaError::Corrupt("reserved header bytes are set".into()));
+        }
         if record[5] != kind {
             return Err(MetaError::Corrupt(format!(
                 "record kind {} where {kind} was expected",
@@ -238,26 +244,7 @@ impl MetaCodec {
     /// Encodes a head record; returns (key, record).
     pub fn encode_head(&self, head: &ObjectHead) -> Result<(Vec<u8>, Vec<u8>), MetaError> {
         let key = head_key(&head.name)?;
-        let mut body =
-            Vec::with_capacity(128 + head.backends.iter().map(|b| b.len() + 2).sum::<usize>());
-        body.extend_from_slice(&head.object_id);
-        body.extend_from_slice(&head.generation.to_le_bytes());
-        body.push(if head.deleted { FLAG_DELETED } else { 0 });
-        body.extend_from_slice(&head.size.to_le_bytes());
-        body.extend_from_slice(&head.chunk_bytes.to_le_bytes());
-        body.push(head.data_shards);
-        body.push(head.parity_shards);
-        body.push(head.codec as u8);
-        body.push(0);
-        body.extend_from_slice(&head.chunk_count.to_le_bytes());
-        body.extend_from_slice(&head.page_count.to_le_bytes());
-        body.extend_from_slice(&head.content_hash);
-        body.extend_from_slice(&(head.backends.len() as u16).to_le_bytes());
-        for backend in &head.backends {
-            body.extend_from_slice(&(backend.len() as u16).to_le_bytes());
-            body.extend_from_slice(backend.as_bytes());
-        }
-        let record = self.seal(KIND_HEAD, &key, &body);
+        let record = self.seal(KIND_HEAD, &key, &head_body(head));
         Ok((key, record))
     }
 
@@ -265,88 +252,13 @@ impl MetaCodec {
     pub fn decode_head(&self, name: &[u8], record: &[u8]) -> Result<ObjectHead, MetaError> {
         let key = head_key(name)?;
         let body = self.open(KIND_HEAD, &key, record)?;
-        let mut reader = Reader {
-            bytes: &body,
-            what: "head record",
-        };
-        let object_id = reader.array::<16>()?;
-        let generation = reader.u64()?;
-        let flags = reader.u8()?;
-        let size = reader.u64()?;
-        let chunk_bytes = reader.u32()?;
-        let data_shards = reader.u8()?;
-        let parity_shards = reader.u8()?;
-        let codec =
-            RsCodecId::from_byte(reader.u8()?).map_err(|e| MetaError::Corrupt(e.to_string()))?;
-        let _reserved = reader.u8()?;
-        let chunk_count = reader.u64()?;
-        let page_count = reader.u32()?;
-        let content_hash = reader.array::<32>()?;
-        let backend_count = reader.u16()? as usize;
-        let mut backends = Vec::with_capacity(backend_count);
-        for _ in 0..backend_count {
-            let address = reader.bytes16()?;
-            backends.push(
-                String::from_utf8(address.to_vec())
-                    .map_err(|_| MetaError::Corrupt("backend address is not UTF-8".into()))?,
-            );
-        }
-        reader.finish()?;
-        let head = ObjectHead {
-            name: name.to_vec(),
-            object_id,
-            generation,
-            deleted: flags & FLAG_DELETED != 0,
-            size,
-            chunk_bytes,
-            data_shards,
-            parity_shards,
-            codec,
-            chunk_count,
-            page_count,
-            content_hash,
-            backends,
-        };
-        let expected_chunks = if chunk_bytes == 0 {
-            0
-        } else {
-            size.div_ceil(chunk_bytes as u64)
-        };
-        let expected_pages = chunk_count.div_ceil(CHUNKS_PER_PAGE as u64);
-        if !head.deleted
-            && (chunk_bytes == 0
-                || chunk_count != expected_chunks
-                || page_count as u64 != expected_pages
-                || data_shards == 0
-                || parity_shards == 0
-                || head.backends.len() < (data_shards + parity_shards) as usize)
-        {
-            return Err(MetaError::Corrupt(
-                "head record fields are inconsistent".into(),
-            ));
-        }
-        Ok(head)
+        parse_head_body(name, &body)
     }
 
     /// Encodes page `page` of `head`; returns (key, record).
     pub fn encode_page(&self, head: &ObjectHead, page: &Page) -> (Vec<u8>, Vec<u8>) {
         let key = page_key(&head.object_id, page.index);
-        let total = (head.data_shards + head.parity_shards) as usize;
-        let mut body = Vec::with_capacity(8 + page.chunks.len() * (40 + 6 * total));
-        body.extend_from_slice(&page.index.to_le_bytes());
-        body.extend_from_slice(&(page.chunks.len() as u32).to_le_bytes());
-        for chunk in &page.chunks {
-            body.extend_from_slice(&chunk.info.hash);
-            body.extend_from_slice(&chunk.info.plain_bytes.to_le_bytes());
-            body.extend_from_slice(&chunk.info.sealed_bytes.to_le_bytes());
-            for index in 0..total {
-                let crc = chunk.info.shard_crcs.get(index).copied().unwrap_or(0);
-                let backend = chunk.placement.get(index).copied().unwrap_or(u16::MAX);
-                body.extend_from_slice(&crc.to_le_bytes());
-                body.extend_from_slice(&backend.to_le_bytes());
-            }
-        }
-        let record = self.seal(KIND_PAGE, &key, &body);
+        let record = self.seal(KIND_PAGE, &key, &page_body(head, page));
         (key, record)
     }
 
@@ -359,52 +271,195 @@ impl MetaCodec {
     ) -> Result<Page, MetaError> {
         let key = page_key(&head.object_id, index);
         let body = self.open(KIND_PAGE, &key, record)?;
-        let mut reader = Reader {
-            bytes: &body,
-            what: "page record",
-        };
-        let stored_index = reader.u32()?;
-        let count = reader.u32()? as usize;
-        let expected = head
-            .chunk_count
-            .saturating_sub(index as u64 * CHUNKS_PER_PAGE as u64)
-            .min(CHUNKS_PER_PAGE as u64) as usize;
-        if stored_index != index || count != expected {
+        parse_page_body(head, index, &body)
+    }
+}
+
+/// The plaintext body of a head record (before sealing).
+pub fn head_body(head: &ObjectHead) -> Vec<u8> {
+    let mut body =
+        Vec::with_capacity(128 + head.backends.iter().map(|b| b.len() + 2).sum::<usize>());
+    body.extend_from_slice(&head.object_id);
+    body.extend_from_slice(&head.generation.to_le_bytes());
+    body.push(if head.deleted { FLAG_DELETED } else { 0 });
+    body.extend_from_slice(&head.size.to_le_bytes());
+    body.extend_from_slice(&head.chunk_bytes.to_le_bytes());
+    body.push(head.data_shards);
+    body.push(head.parity_shards);
+    body.push(head.codec as u8);
+    body.push(0);
+    body.extend_from_slice(&head.chunk_count.to_le_bytes());
+    body.extend_from_slice(&head.page_count.to_le_bytes());
+    body.extend_from_slice(&head.content_hash);
+    body.extend_from_slice(&(head.backends.len() as u16).to_le_bytes());
+    for backend in &head.backends {
+        body.extend_from_slice(&(backend.len() as u16).to_le_bytes());
+        body.extend_from_slice(backend.as_bytes());
+    }
+    body
+}
+
+/// Parses the opened body of `name`'s head record. Everything a head may not say (unknown
+/// flags, a reserved byte set, counts that disagree with the size) is [`MetaError::Corrupt`].
+pub fn parse_head_body(name: &[u8], body: &[u8]) -> Result<ObjectHead, MetaError> {
+    head_key(name)?;
+    let mut reader = Reader {
+        bytes: body,
+        what: "head record",
+    };
+    let object_id = reader.array::<16>()?;
+    let generation = reader.u64()?;
+    let flags = reader.u8()?;
+    if flags & !FLAG_DELETED != 0 {
+        return Err(MetaError::Corrupt(format!(
+            "head record has unknown flags {flags:#04x}"
+        )));
+    }
+    let size = reader.u64()?;
+    let chunk_bytes = reader.u32()?;
+    let data_shards = reader.u8()?;
+    let parity_shards = reader.u8()?;
+    let codec =
+        RsCodecId::from_byte(reader.u8()?).map_err(|e| MetaError::Corrupt(e.to_string()))?;
+    if reader.u8()? != 0 {
+        return Err(MetaError::Corrupt(
+            "head record reserved byte is set".into(),
+        ));
+    }
+    let chunk_count = reader.u64()?;
+    let page_count = reader.u32()?;
+    let content_hash = reader.array::<32>()?;
+    let backend_count = reader.u16()? as usize;
+    // Each address takes at least its 2-byte length: no allocation beyond the body's size.
+    let mut backends = Vec::with_capacity(backend_count.min(reader.bytes.len() / 2));
+    for _ in 0..backend_count {
+        let address = reader.bytes16()?;
+        backends.push(
+            String::from_utf8(address.to_vec())
+                .map_err(|_| MetaError::Corrupt("backend address is not UTF-8".into()))?,
+        );
+    }
+    reader.finish()?;
+    let head = ObjectHead {
+        name: name.to_vec(),
+        object_id,
+        generation,
+        deleted: flags & FLAG_DELETED != 0,
+        size,
+        chunk_bytes,
+        data_shards,
+        parity_shards,
+        codec,
+        chunk_count,
+        page_count,
+        content_hash,
+        backends,
+    };
+    let expected_chunks = if chunk_bytes == 0 {
+        0
+    } else {
+        size.div_ceil(chunk_bytes as u64)
+    };
+    let expected_pages = chunk_count.div_ceil(CHUNKS_PER_PAGE as u64);
+    let total_shards = data_shards as usize + parity_shards as usize;
+    if !head.deleted
+        && (chunk_bytes == 0
+            || chunk_count != expected_chunks
+            || page_count as u64 != expected_pages
+            || data_shards == 0
+            || parity_shards == 0
+            || data_shards as usize > DATA_SHARDS_MAX
+            || parity_shards as usize > PARITY_SHARDS_MAX
+            || head.backends.len() < total_shards)
+    {
+        return Err(MetaError::Corrupt(
+            "head record fields are inconsistent".into(),
+        ));
+    }
+    Ok(head)
+}
+
+/// The plaintext body of page record `page` of `head` (before sealing).
+pub fn page_body(head: &ObjectHead, page: &Page) -> Vec<u8> {
+    let total = (head.data_shards + head.parity_shards) as usize;
+    let mut body = Vec::with_capacity(8 + page.chunks.len() * (40 + 6 * total));
+    body.extend_from_slice(&page.index.to_le_bytes());
+    body.extend_from_slice(&(page.chunks.len() as u32).to_le_bytes());
+    for chunk in &page.chunks {
+        body.extend_from_slice(&chunk.info.hash);
+        body.extend_from_slice(&chunk.info.plain_bytes.to_le_bytes());
+        body.extend_from_slice(&chunk.info.sealed_bytes.to_le_bytes());
+        for index in 0..total {
+            let crc = chunk.info.shard_crcs.get(index).copied().unwrap_or(0);
+            let backend = chunk.placement.get(index).copied().unwrap_or(u16::MAX);
+            body.extend_from_slice(&crc.to_le_bytes());
+            body.extend_from_slice(&backend.to_le_bytes());
+        }
+    }
+    body
+}
+
+/// Parses the opened body of page `index` of `head`. Entries must agree with the head: the
+/// right page and count, sizes within the chunk size, shards on backends of its table.
+pub fn parse_page_body(head: &ObjectHead, index: u32, body: &[u8]) -> Result<Page, MetaError> {
+    let mut reader = Reader {
+        bytes: body,
+        what: "page record",
+    };
+    let stored_index = reader.u32()?;
+    let count = reader.u32()? as usize;
+    let expected = head
+        .chunk_count
+        .saturating_sub(index as u64 * CHUNKS_PER_PAGE as u64)
+        .min(CHUNKS_PER_PAGE as u64) as usize;
+    if stored_index != index || count != expected {
+        return Err(MetaError::Corrupt(format!(
+            "page {stored_index} with {count} chunks where page {index} with {expected} was expected"
+        )));
+    }
+    let total = (head.data_shards + head.parity_shards) as usize;
+    let mut chunks = Vec::with_capacity(count);
+    for _ in 0..count {
+        let hash = reader.array::<32>()?;
+        let plain_bytes = reader.u32()?;
+        let sealed_bytes = reader.u32()?;
+        if plain_bytes > head.chunk_bytes || plain_bytes as usize > CHUNK_BYTES_MAX {
             return Err(MetaError::Corrupt(format!(
-                "page {stored_index} with {count} chunks where page {index} with {expected} was expected"
+                "chunk of {plain_bytes} bytes in an object of {}-byte chunks",
+                head.chunk_bytes
             )));
         }
-        let total = (head.data_shards + head.parity_shards) as usize;
-        let mut chunks = Vec::with_capacity(count);
-        for _ in 0..count {
-            let hash = reader.array::<32>()?;
-            let plain_bytes = reader.u32()?;
-            let sealed_bytes = reader.u32()?;
-            let mut shard_crcs = Vec::with_capacity(total);
-            let mut placement = Vec::with_capacity(total);
-            for _ in 0..total {
-                shard_crcs.push(reader.u32()?);
-                let backend = reader.u16()?;
-                if backend as usize >= head.backends.len() {
-                    return Err(MetaError::Corrupt(format!(
-                        "shard placed on backend {backend}, not in the table"
-                    )));
-                }
-                placement.push(backend);
-            }
-            chunks.push(ChunkEntry {
-                info: ChunkInfo {
-                    hash,
-                    plain_bytes,
-                    sealed_bytes,
-                    shard_crcs,
-                },
-                placement,
-            });
+        // Compression is kept only when it shrinks the chunk, so sealing adds at most the
+        // flags, nonce and tag.
+        if sealed_bytes as usize > plain_bytes as usize + SEALED_HEADER_BYTES + TAG_BYTES {
+            return Err(MetaError::Corrupt(format!(
+                "sealed chunk of {sealed_bytes} bytes for {plain_bytes} plaintext bytes"
+            )));
         }
-        reader.finish()?;
-        Ok(Page { index, chunks })
+        let mut shard_crcs = Vec::with_capacity(total);
+        let mut placement = Vec::with_capacity(total);
+        for _ in 0..total {
+            shard_crcs.push(reader.u32()?);
+            let backend = reader.u16()?;
+            if backend as usize >= head.backends.len() {
+                return Err(MetaError::Corrupt(format!(
+                    "shard placed on backend {backend}, not in the table"
+                )));
+            }
+            placement.push(backend);
+        }
+        chunks.push(ChunkEntry {
+            info: ChunkInfo {
+                hash,
+                plain_bytes,
+                sealed_bytes,
+                shard_crcs,
+            },
+            placement,
+        });
     }
+    reader.finish()?;
+    Ok(Page { index, chunks })
 }
 
 #[cfg(test)]
@@ -442,7 +497,7 @@ mod tests {
                         info: ChunkInfo {
                             hash: [i as u8; 32],
                             plain_bytes: 1000,
-                            sealed_bytes: seed,
+                            sealed_bytes: seed % 1029,
                             shard_crcs: (0..6).map(|s| seed ^ s).collect(),
                         },
                         placement: (0..6).map(|s| ((i + s as usize) % 6) as u16).collect(),

@@ -175,7 +175,7 @@ pub struct ObjectInfo {
 }
 
 /// A shard that is not as it should be.
-#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
 pub struct ShardProblem {
     /// Chunk index.
     pub chunk: u64,
@@ -188,7 +188,7 @@ pub struct ShardProblem {
 }
 
 /// Result of checking one object.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct ObjectCheck {
     /// Name.
     pub name: String,
@@ -212,7 +212,7 @@ impl ObjectCheck {
 }
 
 /// Result of repairing one object.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct ObjectRepair {
     /// Name.
     pub name: String,
@@ -225,7 +225,7 @@ pub struct ObjectRepair {
 }
 
 /// Health of one backend.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct BackendStatus {
     /// Address.
     pub backend: String,
@@ -752,7 +752,8 @@ impl Zstor {
     }
 
     async fn read_entries(&self, head: &ObjectHead) -> Result<Vec<ChunkEntry>, ZstorError> {
-        let mut entries = Vec::with_capacity(head.chunk_count as usize);
+        // The count comes from a record: grow page by page, not on its word.
+        let mut entries = Vec::with_capacity(head.chunk_count.min(CHUNKS_PER_PAGE as u64) as usize);
         for index in 0..head.page_count {
             entries.extend(self.read_page(head, index).await?.chunks);
         }

@@ -1,5 +1,6 @@
-//! A client for the daemon over its unix socket, used by `zos stor ... --daemon SOCKET`:
-//! hyper's HTTP/1.1 client on a tokio `UnixStream`, bodies streamed both ways.
+//! A client for the daemon over its unix socket or TCP, used by `zos stor ... --daemon
+//! SOCKET|URL`: hyper's HTTP/1.1 client on a tokio `UnixStream` or `TcpStream`, bodies
+//! streamed both ways.
 
 use std::path::{Path, PathBuf};
 
@@ -13,7 +14,7 @@ use hyper_util::rt::TokioIo;
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 use tokio_util::io::ReaderStream;
 
-use crate::zstor::{ObjectInfo, PutReport};
+use crate::zstor::{BackendStatus, ObjectCheck, ObjectInfo, ObjectRepair, PutReport};
 
 /// Largest JSON or error body read from the daemon.
 pub const REPLY_BYTES_MAX: usize = 64 * 1024 * 1024;
@@ -22,10 +23,18 @@ pub const REPLY_BYTES_MAX: usize = 64 * 1024 * 1024;
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum ClientError {
+    /// The daemon's address is not a socket path or an `http://host:port` URL.
+    #[error("bad zstor daemon address {address:?}: {reason}")]
+    Address {
+        /// The address given.
+        address: String,
+        /// What is wrong with it.
+        reason: String,
+    },
     /// The socket could not be reached.
     #[error("cannot reach the zstor daemon at {socket}: {source}")]
     Connect {
-        /// The socket path.
+        /// The socket path or TCP address.
         socket: String,
         /// Why.
         #[source]
@@ -53,11 +62,85 @@ pub enum ClientError {
     },
 }
 
-/// A client for one daemon socket.
+/// Where a daemon listens.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Endpoint {
+    /// A unix socket.
+    Unix(PathBuf),
+    /// A TCP address, `host:port`.
+    Tcp(String),
+}
+
+impl Endpoint {
+    /// `http://host:port[/]` is TCP; `unix:PATH` or anything else is a socket path.
+    pub fn parse(address: &str) -> Result<Endpoint, ClientError> {
+        let bad = |reason: &str| ClientError::Address {
+            address: address.to_string(),
+            reason: reason.to_string(),
+        };
+        if let Some(path) = address.strip_prefix("unix:") {
+            return Ok(Endpoint::Unix(PathBuf::from(path)));
+        }
+        if !address.contains("://") {
+            if address.is_empty() {
+                return Err(bad("empty"));
+            }
+            return Ok(Endpoint::Unix(PathBuf::from(address)));
+        }
+        let url = url::Url::parse(address).map_err(|e| bad(&e.to_string()))?;
+        if url.scheme() != "http" {
+            return Err(bad(
+                "only http://host:port (TCP) or a unix socket path is understood",
+            ));
+        }
+        if !matches!(url.path(), "" | "/") || url.query().is_some() {
+            return Err(bad("give only http://host:port, without a path"));
+        }
+        let host = url.host_str().ok_or_else(|| bad("no host"))?;
+        let port = url.port_or_known_default().unwrap_or(80);
+        Ok(Endpoint::Tcp(format!("{host}:{port}")))
+    }
+
+    fn host_header(&self) -> String {
+        match self {
+            Endpoint::Unix(_) => "zstor".into(),
+            Endpoint::Tcp(address) => address.clone(),
+        }
+    }
+}
+
+impl std::fmt::Display for Endpoint {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Endpoint::Unix(path) => write!(f, "{}", path.display()),
+            Endpoint::Tcp(address) => write!(f, "http://{address}"),
+        }
+    }
+}
+
+/// A client for one daemon.
 #[derive(Debug, Clone)]
 pub struct DaemonClient {
-    socket: PathBuf,
+    endpoint: Endpoint,
     token: String,
+}
+
+/// `?key=K` with K percent-encoded, or nothing.
+fn key_query(key: Option<&str>) -> String {
+    match key {
+        None => String::new(),
+        Some(key) => {
+            let mut query = String::from("?key=");
+            for byte in key.bytes() {
+                if byte.is_ascii_alphanumeric() || b"-._~".contains(&byte) {
+                    query.push(byte as char);
+                } else {
+                    query.push_str(&format!("%{byte:02X}"));
+                }
+            }
+            query
+        }
+    }
 }
 
 fn object_path(key: &str) -> String {
@@ -78,9 +161,33 @@ impl DaemonClient {
     /// A client for the daemon on `socket`, authenticating with `token`.
     pub fn new(socket: &Path, token: String) -> Self {
         DaemonClient {
-            socket: socket.to_path_buf(),
+            endpoint: Endpoint::Unix(socket.to_path_buf()),
             token,
         }
+    }
+
+    /// A client for the daemon at `endpoint`, authenticating with `token`.
+    pub fn with_endpoint(endpoint: Endpoint, token: String) -> Self {
+        DaemonClient { endpoint, token }
+    }
+
+    /// Where requests go.
+    pub fn endpoint(&self) -> &Endpoint {
+        &self.endpoint
+    }
+
+    async fn handshake<T>(
+        &self,
+        stream: T,
+    ) -> Result<hyper::client::conn::http1::SendRequest<BoxBody>, ClientError>
+    where
+        T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Send + Unpin + 'static,
+    {
+        let (sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+            .await
+            .map_err(|e| ClientError::Transport(e.to_string()))?;
+        tokio::spawn(connection);
+        Ok(sender)
     }
 
     async fn send(
@@ -90,20 +197,29 @@ impl DaemonClient {
         body: BoxBody,
         length: Option<u64>,
     ) -> Result<hyper::Response<hyper::body::Incoming>, ClientError> {
-        let stream = tokio::net::UnixStream::connect(&self.socket)
-            .await
-            .map_err(|source| ClientError::Connect {
-                socket: self.socket.display().to_string(),
-                source,
-            })?;
-        let (mut sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
-            .await
-            .map_err(|e| ClientError::Transport(e.to_string()))?;
-        tokio::spawn(connection);
+        let connect_error = |source| ClientError::Connect {
+            socket: self.endpoint.to_string(),
+            source,
+        };
+        let mut sender = match &self.endpoint {
+            Endpoint::Unix(socket) => {
+                let stream = tokio::net::UnixStream::connect(socket)
+                    .await
+                    .map_err(connect_error)?;
+                self.handshake(stream).await?
+            }
+            Endpoint::Tcp(address) => {
+                let stream = tokio::net::TcpStream::connect(address)
+                    .await
+                    .map_err(connect_error)?;
+                let _ = stream.set_nodelay(true);
+                self.handshake(stream).await?
+            }
+        };
         let mut request = Request::builder()
             .method(method)
             .uri(path)
-            .header(HOST, "zstor")
+            .header(HOST, self.endpoint.host_header())
             .header(AUTHORIZATION, format!("Bearer {}", self.token));
         if let Some(length) = length {
             request = request.header(CONTENT_LENGTH, length);
@@ -210,6 +326,47 @@ impl DaemonClient {
             .map_err(|e| ClientError::Transport(format!("bad object list: {e}")))
     }
 
+    async fn json<T: serde::de::DeserializeOwned>(
+        &self,
+        method: Method,
+        path: &str,
+        what: &str,
+    ) -> Result<T, ClientError> {
+        let body = Full::new(Bytes::new())
+            .map_err(|never| match never {})
+            .boxed_unsync();
+        let length = (method == Method::POST).then_some(0);
+        let response = self.send(method, path, body, length).await?;
+        let body = read_body(response).await?;
+        serde_json::from_slice(&body)
+            .map_err(|e| ClientError::Transport(format!("bad {what} report: {e}")))
+    }
+
+    /// Checks `key` (or every object): `POST /v1/check`.
+    pub async fn check(&self, key: Option<&str>) -> Result<Vec<ObjectCheck>, ClientError> {
+        self.json(
+            Method::POST,
+            &format!("/v1/check{}", key_query(key)),
+            "check",
+        )
+        .await
+    }
+
+    /// Repairs `key` (or every object and the daemon's repair queue): `POST /v1/repair`.
+    pub async fn repair(&self, key: Option<&str>) -> Result<Vec<ObjectRepair>, ClientError> {
+        self.json(
+            Method::POST,
+            &format!("/v1/repair{}", key_query(key)),
+            "repair",
+        )
+        .await
+    }
+
+    /// Health and usage of every backend: `GET /v1/status`.
+    pub async fn status(&self) -> Result<Vec<BackendStatus>, ClientError> {
+        self.json(Method::GET, "/v1/status", "status").await
+    }
+
     /// Deletes `key`.
     pub async fn delete(&self, key: &str) -> Result<(), ClientError> {
         let body = Full::new(Bytes::new())
@@ -240,8 +397,35 @@ async fn read_body(
 
 #[cfg(test)]
 mod tests {
+    use super::*;
+
     #[test]
     fn keys_are_percent_encoded_but_keep_slashes() {
-        assert_eq!(super::object_path("a b/c%"), "/v1/objects/a%20b/c%25");
+        assert_eq!(object_path("a b/c%"), "/v1/objects/a%20b/c%25");
+        assert_eq!(key_query(Some("a b/c&d")), "?key=a%20b%2Fc%26d");
+        assert_eq!(key_query(None), "");
+    }
+
+    #[test]
+    fn addresses_are_sockets_or_http_urls() {
+        assert_eq!(
+            Endpoint::parse("/run/zstor.sock").unwrap(),
+            Endpoint::Unix("/run/zstor.sock".into())
+        );
+        assert_eq!(
+            Endpoint::parse("unix:rel/sock").unwrap(),
+            Endpoint::Unix("rel/sock".into())
+        );
+        assert_eq!(
+            Endpoint::parse("http://127.0.0.1:9980").unwrap(),
+            Endpoint::Tcp("127.0.0.1:9980".into())
+        );
+        assert_eq!(
+            Endpoint::parse("http://[::1]:9980/").unwrap(),
+            Endpoint::Tcp("[::1]:9980".into())
+        );
+        assert!(Endpoint::parse("https://host:1").is_err());
+        assert!(Endpoint::parse("http://host:1/v1").is_err());
+        assert!(Endpoint::parse("").is_err());
     }
 }
