@@ -2,15 +2,26 @@
 //! against crashes, shared by every mount on the machine.
 //!
 //! Layout: `<dir>/<first two hex digits of the id>/<64 hex digits>` holding the chunk's
-//! *stored* bytes (still encrypted), and `<dir>/tmp/` for writes in progress. A chunk is
-//! written to `tmp/` and renamed into place, so a reader sees a whole chunk or none; and
-//! since every chunk read back is checked against its id before use, even a chunk torn by a
-//! power cut (renamed before its data reached the disk) is detected, deleted and fetched
-//! again: no half-written chunk is ever served. That is why no fsync is needed.
+//! *stored* bytes (still encrypted), `<dir>/tmp/` for writes in progress, and
+//! `<dir>/usage`, the bytes of chunks in the cache (a little-endian u64) shared by every
+//! process using the folder.
 //!
-//! Each process keeps its own LRU view of the directory (scanned at start, by file mtime,
-//! which a hit refreshes). Several mounts share the files; each evicts down to its own
-//! bound, so the directory stays within the largest bound in use.
+//! - **Crashes**: a chunk is written to `tmp/` and renamed into place, so a reader sees a
+//!   whole chunk or none; and since every chunk read back is checked against its id before
+//!   use, even a chunk torn by a power cut (renamed before its data reached the disk) is
+//!   detected, deleted and fetched again: no half-written chunk is ever served. That is why
+//!   no fsync is needed. Leftovers in `tmp/` of processes that are gone are deleted when a
+//!   cache is opened.
+//! - **Sharing and the bound**: every process adds what it writes to `usage` under an
+//!   exclusive `flock` of that file. The one whose write takes `usage` over its bound
+//!   evicts, still holding the lock: it lists the folder, deletes the least recently used
+//!   chunks until the total is [`EVICT_TO_PERCENT`] of the bound, and writes the exact total
+//!   back. So the folder stays within the bound whatever the number of mounts, and a total
+//!   that drifted (a process killed between its rename and its update) is corrected by the
+//!   next eviction or open.
+//! - **LRU across processes and restarts**: recency is the file's mtime, set to now when a
+//!   chunk is written or read from the cache, so every process sees the others' use and a
+//!   restarted mount finds the order where it left it.
 
 use std::collections::{BTreeMap, HashMap};
 use std::fs;
@@ -111,61 +122,60 @@ impl<K: std::hash::Hash + Eq + Clone> LruIndex<K> {
     }
 }
 
+/// Eviction brings the cache down to this share of its bound, so that a full cache lists
+/// its folder once per tenth of its bound written, not at every write.
+pub const EVICT_TO_PERCENT: u64 = 90;
+/// Temporary files older than this are deleted at open even if their process seems alive.
+const TEMPORARY_AGE_MAX: std::time::Duration = std::time::Duration::from_secs(3600);
+const USAGE_FILE: &str = "usage";
+
 /// The on-disk chunk cache.
 #[derive(Debug)]
 pub struct ChunkCache {
     directory: PathBuf,
     capacity_bytes: u64,
-    index: Mutex<LruIndex<[u8; 32]>>,
+    /// `<dir>/usage`; the mutex orders this process's threads, the flock other processes.
+    usage: Mutex<fs::File>,
     temporary_counter: AtomicU64,
 }
 
 impl ChunkCache {
     /// Opens (creating if needed) the cache in `directory`, bounded to `capacity_bytes`.
+    /// Lists the folder once: recounts its bytes and evicts down to the bound.
     pub fn open(directory: &Path, capacity_bytes: u64) -> std::io::Result<Self> {
         fs::create_dir_all(directory.join("tmp"))?;
-        // Leftovers of writes cut short by a crash.
-        for entry in fs::read_dir(directory.join("tmp"))?.flatten() {
-            let _ = fs::remove_file(entry.path());
-        }
-        let mut found: Vec<(SystemTime, [u8; 32], u64)> = Vec::new();
-        for shard in fs::read_dir(directory)?.flatten() {
-            let name = shard.file_name();
-            if name.len() != 2 || !shard.path().is_dir() {
-                continue;
-            }
-            for entry in fs::read_dir(shard.path())?.flatten() {
-                let Some(id) = parse_id(&entry.file_name().to_string_lossy()) else {
-                    continue;
-                };
-                let Ok(metadata) = entry.metadata() else {
-                    continue;
-                };
-                found.push((
-                    metadata.modified().unwrap_or(SystemTime::UNIX_EPOCH),
-                    id,
-                    metadata.len(),
-                ));
-            }
-        }
-        found.sort();
+        remove_abandoned_temporaries(&directory.join("tmp"))?;
+        let usage = fs::File::options()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .open(directory.join(USAGE_FILE))?;
         let cache = Self {
             directory: directory.to_path_buf(),
             capacity_bytes,
-            index: Mutex::new(LruIndex::default()),
+            usage: Mutex::new(usage),
             temporary_counter: AtomicU64::new(0),
         };
-        for (_, id, bytes) in found {
-            let evicted = cache.lock().insert(id, bytes, capacity_bytes);
-            cache.remove_files(&evicted);
+        {
+            let usage = cache.lock_usage()?;
+            cache.evict_locked(&usage, capacity_bytes, None)?;
         }
         Ok(cache)
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, LruIndex<[u8; 32]>> {
-        self.index
+    /// The bound in bytes.
+    pub fn capacity_bytes(&self) -> u64 {
+        self.capacity_bytes
+    }
+
+    fn lock_usage(&self) -> std::io::Result<UsageGuard<'_>> {
+        let file = self
+            .usage
             .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        crate::sys::flock_exclusive(&file)?;
+        Ok(UsageGuard { file })
     }
 
     fn path_of(&self, id: &[u8; 32]) -> PathBuf {
@@ -173,44 +183,112 @@ impl ChunkCache {
         self.directory.join(&hex[..2]).join(hex)
     }
 
-    fn remove_files(&self, ids: &[[u8; 32]]) {
-        for id in ids {
-            let _ = fs::remove_file(self.path_of(id));
+    /// Marks chunk `id` as just used: its mtime orders the LRU for every process.
+    fn note_used(&self, path: &Path) {
+        let now = SystemTime::now()
+            .duration_since(SystemTime::UNIX_EPOCH)
+            .unwrap_or_default();
+        let now = (now.as_secs() as i64, now.subsec_nanos());
+        let _ = crate::sys::set_times_nofollow(path, now, now);
+    }
+
+    /// Lists every chunk (mtime, path, bytes), evicts the oldest until the total is at
+    /// most `target_bytes` (never `keep`), and stores the exact total. Caller holds the lock.
+    fn evict_locked(
+        &self,
+        usage: &UsageGuard<'_>,
+        target_bytes: u64,
+        keep: Option<&Path>,
+    ) -> std::io::Result<u64> {
+        let mut found: Vec<(SystemTime, PathBuf, u64)> = Vec::new();
+        for shard in fs::read_dir(&self.directory)?.flatten() {
+            let name = shard.file_name();
+            if name.len() != 2 || !shard.path().is_dir() {
+                continue;
+            }
+            for entry in fs::read_dir(shard.path())?.flatten() {
+                if parse_id(&entry.file_name().to_string_lossy()).is_none() {
+                    continue;
+                }
+                let Ok(metadata) = entry.metadata() else {
+                    continue;
+                };
+                found.push((
+                    metadata.modified().unwrap_or(SystemTime::UNIX_EPOCH),
+                    entry.path(),
+                    metadata.len(),
+                ));
+            }
         }
+        found.sort();
+        let mut total: u64 = found.iter().map(|(_, _, bytes)| bytes).sum();
+        let mut evicted = 0usize;
+        for (_, path, bytes) in &found {
+            if total <= target_bytes {
+                break;
+            }
+            if Some(path.as_path()) == keep {
+                continue;
+            }
+            if fs::remove_file(path).is_ok() {
+                total -= bytes;
+                evicted += 1;
+            }
+        }
+        if evicted > 0 {
+            tracing::debug!(evicted, total, "chunk cache evicted");
+        }
+        usage.store(total)?;
+        Ok(total)
     }
 
     /// The stored bytes of chunk `id`, if cached and intact. A cached chunk that does not
     /// hash to its id is deleted and reported missing.
     pub fn get(&self, codec: ChunkCodec, id: &[u8; 32]) -> Option<Vec<u8>> {
-        let path = self.path_of(id);
-        let bytes = fs::read(&path).ok()?;
+        let bytes = self.get_unverified(id)?;
         if stored_id(codec, &bytes) != *id {
-            tracing::warn!(chunk = %hex::encode(id), "cached chunk is corrupt; dropping it");
-            let _ = fs::remove_file(&path);
-            self.lock().remove(id);
+            self.discard(id);
             return None;
-        }
-        if !self.lock().touch(id) {
-            // Written by another mount: account for it here too.
-            let evicted = self
-                .lock()
-                .insert(*id, bytes.len() as u64, self.capacity_bytes);
-            self.remove_files(&evicted);
-        }
-        // The mtime orders the LRU across restarts.
-        if let Ok(file) = fs::File::options().write(true).open(&path) {
-            let _ = file.set_modified(SystemTime::now());
         }
         Some(bytes)
     }
 
+    /// The stored bytes of chunk `id` if cached, *not* checked against the id: for callers
+    /// that verify them anyway (opening a chunk checks its id), so the bytes are hashed
+    /// once. A caller that finds them corrupt must [`ChunkCache::discard`] them.
+    pub fn get_unverified(&self, id: &[u8; 32]) -> Option<Vec<u8>> {
+        let path = self.path_of(id);
+        let bytes = fs::read(&path).ok()?;
+        self.note_used(&path);
+        Some(bytes)
+    }
+
+    /// Drops chunk `id` from the cache (found corrupt by a caller).
+    pub fn discard(&self, id: &[u8; 32]) {
+        tracing::warn!(chunk = %hex::encode(id), "cached chunk is corrupt; dropping it");
+        let path = self.path_of(id);
+        let Ok(metadata) = fs::metadata(&path) else {
+            return;
+        };
+        if fs::remove_file(&path).is_ok() {
+            if let Ok(usage) = self.lock_usage() {
+                let _ = usage.add(-(metadata.len() as i64));
+            }
+        }
+    }
+
     /// Stores the stored bytes of chunk `id` (already verified by the caller), evicting the
-    /// least recently used chunks beyond the bound.
+    /// least recently used chunks of every process beyond the bound.
     pub fn put(&self, id: &[u8; 32], stored: &[u8]) -> std::io::Result<()> {
         if stored.len() as u64 > self.capacity_bytes {
             return Ok(());
         }
         let path = self.path_of(id);
+        if path.exists() {
+            // Another mount (or thread) cached it first.
+            self.note_used(&path);
+            return Ok(());
+        }
         if let Some(parent) = path.parent() {
             fs::create_dir_all(parent)?;
         }
@@ -224,17 +302,81 @@ impl ChunkCache {
         file.write_all(stored)?;
         drop(file);
         fs::rename(&temporary, &path)?;
-        let evicted = self
-            .lock()
-            .insert(*id, stored.len() as u64, self.capacity_bytes);
-        self.remove_files(&evicted);
+        // The kernel stamps writes with a coarse clock; order the LRU precisely.
+        self.note_used(&path);
+        let usage = self.lock_usage()?;
+        let total = usage.add(stored.len() as i64)?;
+        if total > self.capacity_bytes {
+            let target = self.capacity_bytes / 100 * EVICT_TO_PERCENT;
+            self.evict_locked(&usage, target, Some(&path))?;
+        }
         Ok(())
     }
 
-    /// Bytes this process accounts for.
+    /// Bytes of chunks in the cache, all processes together.
     pub fn total_bytes(&self) -> u64 {
-        self.lock().total_bytes()
+        self.lock_usage()
+            .and_then(|usage| usage.load())
+            .unwrap_or(0)
     }
+}
+
+/// The usage file, locked for this process and against others until dropped.
+struct UsageGuard<'a> {
+    file: std::sync::MutexGuard<'a, fs::File>,
+}
+
+impl UsageGuard<'_> {
+    fn load(&self) -> std::io::Result<u64> {
+        use std::os::unix::fs::FileExt;
+        let mut bytes = [0u8; 8];
+        match self.file.read_exact_at(&mut bytes, 0) {
+            Ok(()) => Ok(u64::from_le_bytes(bytes)),
+            // A new (or torn) usage file: the next listing sets it right.
+            Err(error) if error.kind() == std::io::ErrorKind::UnexpectedEof => Ok(0),
+            Err(error) => Err(error),
+        }
+    }
+
+    fn store(&self, total: u64) -> std::io::Result<()> {
+        use std::os::unix::fs::FileExt;
+        self.file.write_all_at(&total.to_le_bytes(), 0)
+    }
+
+    fn add(&self, delta: i64) -> std::io::Result<u64> {
+        let total = self.load()?.saturating_add_signed(delta);
+        self.store(total)?;
+        Ok(total)
+    }
+}
+
+impl Drop for UsageGuard<'_> {
+    fn drop(&mut self) {
+        let _ = crate::sys::flock_unlock(&self.file);
+    }
+}
+
+/// Deletes files in `tmp/` left by processes that are gone (or older than an hour); the
+/// files of live processes sharing the cache are theirs to rename.
+fn remove_abandoned_temporaries(temporary_directory: &Path) -> std::io::Result<()> {
+    for entry in fs::read_dir(temporary_directory)?.flatten() {
+        let name = entry.file_name().to_string_lossy().into_owned();
+        let owner_alive = name
+            .split('.')
+            .nth(1)
+            .and_then(|pid| pid.parse::<u32>().ok())
+            .is_some_and(|pid| Path::new("/proc").join(pid.to_string()).exists());
+        let old = entry
+            .metadata()
+            .and_then(|metadata| metadata.modified())
+            .ok()
+            .and_then(|modified| modified.elapsed().ok())
+            .is_some_and(|age| age > TEMPORARY_AGE_MAX);
+        if !owner_alive || old {
+            let _ = fs::remove_file(entry.path());
+        }
+    }
+    Ok(())
 }
 
 fn parse_id(name: &str) -> Option<[u8; 32]> {
@@ -257,6 +399,74 @@ mod tests {
         assert_eq!(index.insert(3, 40, 100), vec![2]);
         assert_eq!(index.insert(4, 500, 100), vec![1, 3]);
         assert_eq!(index.total_bytes(), 500);
+    }
+
+    fn sealed_chunks(count: u8) -> Vec<crate::chunk::SealedChunk> {
+        (0..count)
+            .map(|seed| crate::chunk::seal(&[seed; 30_000]).unwrap())
+            .collect()
+    }
+
+    fn cached_files(directory: &Path) -> Vec<PathBuf> {
+        let mut found = Vec::new();
+        for shard in fs::read_dir(directory).unwrap().flatten() {
+            if shard.file_name().len() == 2 {
+                found.extend(
+                    fs::read_dir(shard.path())
+                        .unwrap()
+                        .map(|e| e.unwrap().path()),
+                );
+            }
+        }
+        found
+    }
+
+    #[test]
+    fn two_caches_on_one_folder_share_the_bound_and_the_lru() {
+        let directory = tempfile::tempdir().unwrap();
+        let sealed = sealed_chunks(6);
+        let size = sealed[0].stored.len() as u64;
+        let bound = size * 4;
+        let first = ChunkCache::open(directory.path(), bound).unwrap();
+        let second = ChunkCache::open(directory.path(), bound).unwrap();
+        for chunk in &sealed[..4] {
+            first.put(&chunk.id, &chunk.stored).unwrap();
+        }
+        assert_eq!(second.total_bytes(), 4 * size, "usage is shared");
+        // The second process reads chunk 0: it becomes the most recently used for both.
+        assert!(second.get(ChunkCodec::ZosV1, &sealed[0].id).is_some());
+        second.put(&sealed[4].id, &sealed[4].stored).unwrap();
+        let files = cached_files(directory.path());
+        assert!(files.len() as u64 * size <= bound, "{} files", files.len());
+        assert_eq!(first.total_bytes(), files.len() as u64 * size);
+        assert!(first.get(ChunkCodec::ZosV1, &sealed[0].id).is_some());
+        assert!(first.get(ChunkCodec::ZosV1, &sealed[4].id).is_some());
+        assert!(
+            first.get(ChunkCodec::ZosV1, &sealed[1].id).is_none(),
+            "the least recently used chunk went first"
+        );
+        // Putting what the other process already cached adds nothing.
+        let before = second.total_bytes();
+        second.put(&sealed[4].id, &sealed[4].stored).unwrap();
+        assert_eq!(second.total_bytes(), before);
+    }
+
+    #[test]
+    fn only_temporaries_of_dead_processes_are_removed() {
+        let directory = tempfile::tempdir().unwrap();
+        let temporary = directory.path().join("tmp");
+        fs::create_dir_all(&temporary).unwrap();
+        let ours = temporary.join(format!("{}.{}.0", "ab".repeat(32), std::process::id()));
+        // Pids are below 2^22 on Linux, so this one belongs to nobody.
+        let dead = temporary.join(format!("{}.{}.0", "cd".repeat(32), 999_999_999u32));
+        fs::write(&ours, b"in progress").unwrap();
+        fs::write(&dead, b"torn").unwrap();
+        ChunkCache::open(directory.path(), 1 << 20).unwrap();
+        assert!(
+            ours.exists(),
+            "a live process's write in progress is left alone"
+        );
+        assert!(!dead.exists());
     }
 
     #[test]

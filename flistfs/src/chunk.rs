@@ -191,14 +191,16 @@ pub fn open(chunk: &ChunkRef, stored: &[u8]) -> Result<Vec<u8>, ChunkError> {
     let expected_bytes = chunk.plain_bytes as usize;
     let plain = match chunk.codec {
         ChunkCodec::ZosV1 => {
-            let body = aes_open(&chunk.key, &[0u8; 12], stored)
+            let mut body = aes_open(&chunk.key, &[0u8; 12], stored)
                 .ok_or_else(|| corrupt(id, "AEAD tag mismatch"))?;
-            let (&kind, rest) = body
-                .split_first()
-                .ok_or_else(|| corrupt(id, "empty body"))?;
+            let kind = *body.first().ok_or_else(|| corrupt(id, "empty body"))?;
             let plain = match kind {
-                BODY_RAW => rest.to_vec(),
-                BODY_ZSTD => zstd::bulk::decompress(rest, expected_bytes)
+                // Shifted in place: no second buffer of a chunk's size.
+                BODY_RAW => {
+                    body.drain(..1);
+                    body
+                }
+                BODY_ZSTD => zstd::bulk::decompress(&body[1..], expected_bytes)
                     .map_err(|_| corrupt(id, "zstd data invalid"))?,
                 _ => return Err(corrupt(id, "unknown body kind")),
             };

@@ -147,6 +147,115 @@ pub struct StatFs {
     pub name_bytes_max: u32,
 }
 
+/// Zeros handed out for holes, a slice at a time.
+static ZEROS: [u8; 64 * 1024] = [0; 64 * 1024];
+
+/// One run of a read's answer.
+#[derive(Clone)]
+enum Piece {
+    /// Bytes `range` of a chunk's plaintext.
+    Chunk {
+        plain: Arc<Vec<u8>>,
+        range: std::ops::Range<usize>,
+    },
+    /// This many zero bytes (a hole).
+    Zeros(usize),
+}
+
+/// The answer of [`FsCore::read_data`]: the bytes read, in order, as borrowed runs of
+/// chunk plaintext and holes, without a copy.
+#[derive(Clone, Default)]
+pub struct ReadData {
+    pieces: Vec<Piece>,
+}
+
+impl std::fmt::Debug for ReadData {
+    fn fmt(&self, formatter: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        formatter
+            .debug_struct("ReadData")
+            .field("len", &self.len())
+            .field("pieces", &self.pieces.len())
+            .finish()
+    }
+}
+
+impl ReadData {
+    /// Bytes read.
+    pub fn len(&self) -> usize {
+        self.pieces
+            .iter()
+            .map(|piece| match piece {
+                Piece::Chunk { range, .. } => range.len(),
+                Piece::Zeros(count) => *count,
+            })
+            .sum()
+    }
+
+    /// Whether nothing was read (at or past the end of the file).
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// The bytes as one slice when they come from a single chunk (the common case), or
+    /// `None` when they span several chunks or a hole.
+    pub fn as_single_slice(&self) -> Option<&[u8]> {
+        match self.pieces.as_slice() {
+            [] => Some(&[]),
+            [Piece::Chunk { plain, range }] => plain.get(range.clone()),
+            _ => None,
+        }
+    }
+
+    /// The bytes as consecutive slices (holes as slices of a static zero buffer), for
+    /// vectored writes.
+    pub fn slices(&self) -> Vec<&[u8]> {
+        let mut out = Vec::with_capacity(self.pieces.len());
+        for piece in &self.pieces {
+            match piece {
+                Piece::Chunk { plain, range } => {
+                    out.push(plain.get(range.clone()).unwrap_or_default())
+                }
+                Piece::Zeros(count) => {
+                    let mut left = *count;
+                    while left > 0 {
+                        let step = left.min(ZEROS.len());
+                        out.push(&ZEROS[..step]);
+                        left -= step;
+                    }
+                }
+            }
+        }
+        out
+    }
+
+    /// Copies the bytes into the front of `out` and returns how many were copied (the
+    /// smaller of [`ReadData::len`] and `out.len()`).
+    pub fn copy_to(&self, out: &mut [u8]) -> usize {
+        let mut written = 0;
+        for slice in self.slices() {
+            let count = slice.len().min(out.len() - written);
+            out[written..written + count].copy_from_slice(&slice[..count]);
+            written += count;
+            if count < slice.len() {
+                break;
+            }
+        }
+        written
+    }
+
+    /// The bytes in one owned buffer.
+    pub fn to_vec(&self) -> Vec<u8> {
+        if let Some(slice) = self.as_single_slice() {
+            return slice.to_vec();
+        }
+        let mut out = Vec::with_capacity(self.len());
+        for slice in self.slices() {
+            out.extend_from_slice(slice);
+        }
+        out
+    }
+}
+
 /// The filesystem core over one flist.
 pub struct FsCore {
     flist: Arc<Flist>,
@@ -295,6 +404,14 @@ impl FsCore {
     /// Reads up to `size` bytes of file `id` at `offset`. Holes read as zeros; a chunk that
     /// cannot be fetched or fails verification is `EIO`.
     pub fn read(&self, id: u64, offset: u64, size: u32) -> Result<Vec<u8>, FsError> {
+        Ok(self.read_data(id, offset, size)?.to_vec())
+    }
+
+    /// Like [`FsCore::read`], without copying: the answer borrows the chunks' plaintext
+    /// (shared with the chunk source's memory cache), so an adapter can hand the bytes
+    /// straight to the kernel or into guest memory. Most reads lie inside one chunk, and
+    /// then [`ReadData::as_single_slice`] gives them as one slice.
+    pub fn read_data(&self, id: u64, offset: u64, size: u32) -> Result<ReadData, FsError> {
         let inode = self.inode(id)?;
         if inode.is_dir() {
             return Err(FsError::IsDirectory);
@@ -304,10 +421,10 @@ impl FsCore {
         }
         let file_bytes = inode.record.size;
         if offset >= file_bytes {
-            return Ok(Vec::new());
+            return Ok(ReadData::default());
         }
         let end = file_bytes.min(offset + u64::from(size.min(READ_BYTES_MAX)));
-        let mut out = vec![0u8; (end - offset) as usize];
+        let mut pieces = Vec::new();
         let mut position = offset;
         let mut last_index = None;
         while position < end {
@@ -318,25 +435,29 @@ impl FsCore {
                     let copy_end = end.min(chunk_end);
                     let from = (position - chunk.file_offset) as usize;
                     let to = (copy_end - chunk.file_offset) as usize;
-                    let slice = plain
-                        .get(from..to)
-                        .ok_or_else(|| FsError::Io("chunk shorter than its record".into()))?;
-                    out[(position - offset) as usize..(copy_end - offset) as usize]
-                        .copy_from_slice(slice);
+                    if plain.get(from..to).is_none() {
+                        return Err(FsError::Io("chunk shorter than its record".into()));
+                    }
+                    pieces.push(Piece::Chunk {
+                        plain,
+                        range: from..to,
+                    });
                     position = copy_end;
                     last_index = Some(index);
                 }
                 None => {
                     // A hole: zeros up to the next chunk or the end.
                     let next_start = self.next_chunk_start(&inode, position)?.unwrap_or(end);
-                    position = end.min(next_start.max(position + 1));
+                    let hole_end = end.min(next_start.max(position + 1));
+                    pieces.push(Piece::Zeros((hole_end - position) as usize));
+                    position = hole_end;
                 }
             }
         }
         if let Some(index) = last_index {
             self.read_ahead(&inode, index)?;
         }
-        Ok(out)
+        Ok(ReadData { pieces })
     }
 
     fn next_chunk_start(&self, inode: &Inode, position: u64) -> Result<Option<u64>, FsError> {

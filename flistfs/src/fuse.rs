@@ -27,16 +27,51 @@ pub const READ_AHEAD_BYTES_MAX: u32 = 4 * 1024 * 1024;
 /// Default FUSE worker threads.
 pub const FUSE_THREADS_DEFAULT: usize = 4;
 
+/// Pending background requests (read-ahead) the kernel may queue to us.
+pub const BACKGROUND_REQUESTS_MAX: u16 = 64;
+
 /// The FUSE filesystem over an [`FsCore`].
 #[derive(Debug)]
 pub struct FuseAdapter {
     core: FsCore,
+    /// Where it is mounted, to raise the kernel's read-ahead once the mount is up.
+    mountpoint: Option<std::path::PathBuf>,
+    read_ahead_done: std::sync::Once,
 }
 
 impl FuseAdapter {
     /// Wraps `core`.
     pub fn new(core: FsCore) -> Self {
-        Self { core }
+        Self {
+            core,
+            mountpoint: None,
+            read_ahead_done: std::sync::Once::new(),
+        }
+    }
+
+    /// Wraps `core` mounted at `mountpoint` (absolute): the kernel's read-ahead window for
+    /// the mount is then raised to [`READ_AHEAD_BYTES_MAX`] on the first open.
+    pub fn for_mountpoint(core: FsCore, mountpoint: &Path) -> Self {
+        Self {
+            mountpoint: Some(mountpoint.to_path_buf()),
+            ..Self::new(core)
+        }
+    }
+
+    /// The kernel offers FUSE at most its default read-ahead (128 KiB) at init and clamps
+    /// the mount's window to what init answered, so a larger one can only be set through
+    /// the mount's backing device in sysfs, after init. Any request but init comes after
+    /// init's answer, so the first open is the place. Failing (not root) only costs speed.
+    fn raise_read_ahead(&self) {
+        let Some(mountpoint) = &self.mountpoint else {
+            return;
+        };
+        self.read_ahead_done.call_once(|| {
+            match crate::sys::set_mount_read_ahead(mountpoint, READ_AHEAD_BYTES_MAX) {
+                Ok(()) => tracing::debug!(bytes = READ_AHEAD_BYTES_MAX, "read-ahead raised"),
+                Err(error) => tracing::info!(%error, "kernel read-ahead left at its default"),
+            }
+        });
     }
 }
 
@@ -101,6 +136,9 @@ impl Filesystem for FuseAdapter {
         if let Err(nearest) = config.set_max_readahead(READ_AHEAD_BYTES_MAX) {
             let _ = config.set_max_readahead(nearest);
         }
+        // Room for the kernel's read-ahead of several files at once.
+        let _ = config.set_max_background(BACKGROUND_REQUESTS_MAX);
+        let _ = config.set_congestion_threshold(BACKGROUND_REQUESTS_MAX * 3 / 4);
         Ok(())
     }
 
@@ -132,6 +170,7 @@ impl Filesystem for FuseAdapter {
     }
 
     fn open(&self, _request: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
+        self.raise_read_ahead();
         let write = flags.0 & libc::O_ACCMODE != libc::O_RDONLY;
         match self.core.open(ino.0, write) {
             Ok(()) => reply.opened(FileHandle(0), FopenFlags::FOPEN_KEEP_CACHE),
@@ -150,8 +189,13 @@ impl Filesystem for FuseAdapter {
         _lock_owner: Option<LockOwner>,
         reply: ReplyData,
     ) {
-        match self.core.read(ino.0, offset, size) {
-            Ok(bytes) => reply.data(&bytes),
+        // The kernel copies the reply once, into its page cache: hand it the chunk's own
+        // bytes when the read lies in one chunk (nearly always), no copy of ours.
+        match self.core.read_data(ino.0, offset, size) {
+            Ok(data) => match data.as_single_slice() {
+                Some(bytes) => reply.data(bytes),
+                None => reply.data(&data.to_vec()),
+            },
             Err(error) => reply.error(errno(&error)),
         }
     }
@@ -350,8 +394,9 @@ pub fn serve(
     fs_name: &str,
     stacked: Option<std::path::PathBuf>,
 ) -> std::io::Result<()> {
+    let absolute = mountpoint.canonicalize()?;
     let mut session = fuser::Session::new(
-        FuseAdapter::new(core),
+        FuseAdapter::for_mountpoint(core, &absolute),
         mountpoint,
         &mount_config(threads, fs_name),
     )?;
