@@ -1,4 +1,4 @@
-//! vmm-glue: vhost-user devices for VMs. Today: virtio-blk over volumes.
+//! vmm-glue: vhost-user devices for VMs: virtio-blk over volumes, virtio-fs over flists.
 //!
 //! Layers, lowest first:
 //! - [`sys`]: the only raw kernel calls (io_uring, flock, signal masks).
@@ -10,6 +10,9 @@
 //! - [`blk`]: the vhost-user-blk device: [`blk::request`] decodes untrusted descriptor
 //!   chains, [`blk::backend`] turns requests into io_uring operations on the volume,
 //!   [`blk::serve`] keeps the socket bound and serves one VMM after another.
+//! - [`fs`]: the vhost-user-fs device: [`fs::request`] decodes untrusted FUSE messages,
+//!   [`fs::session`] answers them with flistfs's fs core, [`fs::backend`] pops chains and
+//!   hands them to a bounded worker pool, [`fs::serve`] keeps the socket bound.
 //!
 //! Data flow of a guest write: the guest's virtqueue kick wakes the queue's worker thread;
 //! it pops the chain, validates it, encrypts a copy when the volume is encrypted, and queues
@@ -19,10 +22,12 @@
 //! Dependencies: rust-vmm's `vhost`, `vhost-user-backend`, `virtio-queue`, `vm-memory` and
 //! `vmm-sys-util` (the vhost-user protocol, virtqueues, guest memory, eventfds);
 //! `io-uring` (volume I/O); `xts-mode` + `aes` (encryption at rest); `blake3` (key check,
-//! serials); `crc32fast` (metadata checksum); `hex` (key files).
+//! serials); `crc32fast` (metadata checksum); `hex` (key files); `flistfs` (the flist, its
+//! fs core and chunk cache, for virtio-fs) and `erasure` (the chunk stores it reads).
 
 pub mod blk;
 pub mod crypto;
+pub mod fs;
 pub mod io;
 pub mod sys;
 pub mod volume;

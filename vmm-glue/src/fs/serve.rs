@@ -1,0 +1,270 @@
+//! `zos vm fs serve`: opens an flist and its chunk source, binds the socket once, and serves
+//! one VMM connection after another until signalled (or after the first with `once`).
+//!
+//! The socket stays bound for the daemon's whole life, so the next VMM never finds a socket
+//! file with nobody behind it. The flist, the chunk source (stores, on-disk cache, memory
+//! cache) and the worker pool live as long as the daemon: a second guest finds the chunks
+//! the first one read already cached. Each connection gets a fresh backend (queues, memory
+//! map).
+
+use std::os::unix::fs::FileTypeExt;
+use std::os::unix::net::UnixStream;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use flistfs::cache::ChunkCache;
+use flistfs::fs::{ChunkSource, FsCore};
+use flistfs::source::{Route, SourceConfig, StoreSource};
+use vhost::vhost_user::Listener;
+use vhost_user_backend::VhostUserDaemon;
+use vm_memory::{GuestMemoryAtomic, GuestMemoryMmap};
+
+use super::backend::{FsBackend, FsPool};
+use super::session::{Session, SessionConfig};
+use crate::sys;
+
+/// Default bound of the on-disk chunk cache (the same as `zos flist mount`'s).
+pub const CACHE_BYTES_DEFAULT: u64 = flistfs::cache::CACHE_BYTES_DEFAULT;
+
+/// What to serve and how.
+#[derive(Debug, Clone)]
+pub struct FsServeConfig {
+    /// The flist (ours or rfs's).
+    pub flist: PathBuf,
+    /// The unix socket to listen on.
+    pub socket: PathBuf,
+    /// On-disk chunk cache folder (None: memory cache only).
+    pub cache: Option<PathBuf>,
+    /// Bound of the on-disk cache.
+    pub cache_bytes: u64,
+    /// Store URLs (`URL` or `XX-YY=URL`) instead of the flist's own routes.
+    pub stores: Vec<String>,
+    /// Time one store call may take before the read fails with EIO.
+    pub store_timeout: Duration,
+    /// Worker threads answering requests.
+    pub workers: usize,
+    /// Request queues offered (QEMU's `num-request-queues` may not exceed it).
+    pub request_queues: usize,
+    /// Serve one VMM connection, then return.
+    pub once: bool,
+    /// Open files with `FOPEN_DIRECT_IO` (no guest page cache).
+    pub direct_io: bool,
+}
+
+impl FsServeConfig {
+    /// Defaults for everything but the flist and the socket.
+    pub fn new(flist: PathBuf, socket: PathBuf) -> Self {
+        Self {
+            flist,
+            socket,
+            cache: None,
+            cache_bytes: CACHE_BYTES_DEFAULT,
+            stores: Vec::new(),
+            store_timeout: Duration::from_millis(flistfs::source::STORE_TIMEOUT_MS_DEFAULT),
+            workers: super::backend::WORKERS_DEFAULT,
+            request_queues: super::backend::REQUEST_QUEUES_DEFAULT,
+            once: false,
+            direct_io: false,
+        }
+    }
+}
+
+/// Errors of the serve loop.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum FsServeError {
+    #[error("opening flist {path}: {message}")]
+    Flist { path: PathBuf, message: String },
+    #[error("store {url}: {message}")]
+    Store { url: String, message: String },
+    #[error("flist {0} names no store route (pass --store)")]
+    NoStore(PathBuf),
+    #[error("chunk cache {path}: {source}")]
+    Cache {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("socket {0} is already served by another process")]
+    SocketInUse(PathBuf),
+    #[error("{0} exists and is not a socket; refusing to replace it")]
+    NotASocket(PathBuf),
+    #[error("socket {path}: {source}")]
+    Socket {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("vhost-user: {0}")]
+    VhostUser(String),
+    #[error("setup: {0}")]
+    Setup(std::io::Error),
+}
+
+/// The machine-wide chunk cache when it can be used (root), else the user's cache folder:
+/// the same folder `zos flist mount` uses, so both share fetched chunks.
+pub fn default_cache_dir() -> PathBuf {
+    let machine_wide = PathBuf::from("/var/cache/zos/chunks");
+    if std::fs::create_dir_all(machine_wide.join("tmp")).is_ok() {
+        return machine_wide;
+    }
+    let base = std::env::var_os("XDG_CACHE_HOME")
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|home| PathBuf::from(home).join(".cache")))
+        .unwrap_or_else(std::env::temp_dir);
+    base.join("zos").join("chunks")
+}
+
+/// Opens the flist and its chunk source and builds the session that answers the guest.
+pub fn open_session(config: &FsServeConfig) -> Result<Session, FsServeError> {
+    let flist = flistfs::open_any(&config.flist).map_err(|error| FsServeError::Flist {
+        path: config.flist.clone(),
+        message: error.to_string(),
+    })?;
+    let texts: Vec<String> = if config.stores.is_empty() {
+        flist
+            .tags()
+            .map_err(|error| FsServeError::Flist {
+                path: config.flist.clone(),
+                message: error.to_string(),
+            })?
+            .into_iter()
+            .filter(|(key, _)| *key == b"route")
+            .map(|(_, value)| String::from_utf8_lossy(value).into_owned())
+            .collect()
+    } else {
+        config.stores.clone()
+    };
+    let mut routes = Vec::with_capacity(texts.len());
+    for text in &texts {
+        let route = Route::parse(text).map_err(|error| FsServeError::Store {
+            url: text.clone(),
+            message: error.to_string(),
+        })?;
+        let store =
+            erasure::store::open_store(&route.url).map_err(|error| FsServeError::Store {
+                url: flistfs::source::strip_password(&route.url),
+                message: error.to_string(),
+            })?;
+        routes.push((route, store));
+    }
+    if routes.is_empty() && flist.chunk_count() > 0 {
+        return Err(FsServeError::NoStore(config.flist.clone()));
+    }
+    let cache = match &config.cache {
+        Some(directory) => Some(Arc::new(
+            ChunkCache::open(directory, config.cache_bytes).map_err(|source| {
+                FsServeError::Cache {
+                    path: directory.clone(),
+                    source,
+                }
+            })?,
+        )),
+        None => None,
+    };
+    let source_config = SourceConfig {
+        store_timeout: config.store_timeout,
+        ..SourceConfig::default()
+    };
+    let source: Arc<dyn ChunkSource> =
+        Arc::new(StoreSource::new(routes, cache, source_config).map_err(FsServeError::Setup)?);
+    let core = FsCore::new(Arc::new(flist), source.clone());
+    Ok(Session::new(
+        core,
+        source,
+        SessionConfig {
+            direct_io: config.direct_io,
+        },
+    ))
+}
+
+/// Refuses a socket path another server listens on, or a path that is not a socket; a
+/// stale socket file (nobody listening) is removed.
+fn check_socket_path(path: &Path) -> Result<(), FsServeError> {
+    let metadata = match std::fs::symlink_metadata(path) {
+        Ok(metadata) => metadata,
+        Err(error) if error.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+        Err(source) => {
+            return Err(FsServeError::Socket {
+                path: path.to_owned(),
+                source,
+            })
+        }
+    };
+    if !metadata.file_type().is_socket() {
+        return Err(FsServeError::NotASocket(path.to_owned()));
+    }
+    if UnixStream::connect(path).is_ok() {
+        return Err(FsServeError::SocketInUse(path.to_owned()));
+    }
+    std::fs::remove_file(path).map_err(|source| FsServeError::Socket {
+        path: path.to_owned(),
+        source,
+    })
+}
+
+/// Serves the flist until SIGINT/SIGTERM (which end the process after removing the
+/// socket), or for one connection with `once`.
+pub fn serve(config: &FsServeConfig) -> Result<(), FsServeError> {
+    // Signals are taken by one thread with sigwait; block them before any thread starts.
+    sys::block_termination_signals().map_err(FsServeError::Setup)?;
+    let session = Arc::new(open_session(config)?);
+    check_socket_path(&config.socket)?;
+    let mut listener =
+        Listener::new(&config.socket, true).map_err(|error| FsServeError::Socket {
+            path: config.socket.clone(),
+            source: std::io::Error::other(error.to_string()),
+        })?;
+    let pool = FsPool::new(session.clone(), config.workers).map_err(FsServeError::Setup)?;
+    tracing::info!(
+        flist = %config.flist.display(),
+        socket = %config.socket.display(),
+        inodes = session.core().flist().inode_count(),
+        workers = config.workers,
+        request_queues = config.request_queues,
+        "serving vhost-user-fs"
+    );
+    let socket = config.socket.clone();
+    std::thread::Builder::new()
+        .name("signals".to_owned())
+        .spawn(move || {
+            let signal = sys::wait_for_termination_signal();
+            tracing::info!(?signal, "stopping");
+            let _ = std::fs::remove_file(&socket);
+            std::process::exit(0);
+        })
+        .map_err(FsServeError::Setup)?;
+    loop {
+        serve_connection(config, &pool, &mut listener)?;
+        if config.once {
+            let _ = std::fs::remove_file(&config.socket);
+            pool.stop();
+            return Ok(());
+        }
+    }
+}
+
+fn serve_connection(
+    config: &FsServeConfig,
+    pool: &Arc<FsPool>,
+    listener: &mut Listener,
+) -> Result<(), FsServeError> {
+    let memory = GuestMemoryAtomic::new(GuestMemoryMmap::new());
+    let backend = FsBackend::new(pool.clone(), config.request_queues, memory.clone());
+    let mut daemon = VhostUserDaemon::new("zos-vm-fs".to_owned(), backend, memory)
+        .map_err(|error| FsServeError::VhostUser(error.to_string()))?;
+    daemon
+        .start(listener)
+        .map_err(|error| FsServeError::VhostUser(error.to_string()))?;
+    tracing::info!("VMM connected");
+    let result = daemon.wait();
+    for handler in daemon.get_epoll_handlers() {
+        handler.send_exit_event();
+    }
+    match result {
+        Ok(()) => tracing::info!("VMM disconnected"),
+        // A VMM that dies mid-message is an ordinary end of a connection for a daemon that
+        // outlives its VMs.
+        Err(error) => tracing::info!(%error, "VMM connection ended"),
+    }
+    Ok(())
+}

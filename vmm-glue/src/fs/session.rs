@@ -1,0 +1,541 @@
+//! Answers decoded FUSE requests from the flist's fs core and writes the replies into a
+//! [`ReplySink`] (the chain's device-writable buffers, or a plain buffer in tests).
+//!
+//! Stateless: inodes are the flist's and live as long as it, so lookups are not counted and
+//! forgets change nothing; file handles are all 0. Everything the core knows is immutable,
+//! so entries, attributes, symlinks, directory listings and pages are given long cache
+//! lifetimes ([`CACHE_TTL_SECONDS`], `FOPEN_KEEP_CACHE`).
+//!
+//! Reads do not go through [`FsCore::read`] (which assembles a fresh buffer): they walk the
+//! same flist's chunk list and copy each chunk's plaintext from the same chunk source
+//! straight into the guest's buffers, so a read costs one copy on the host.
+
+use std::sync::Arc;
+
+use flistfs::format::mode;
+use flistfs::fs::{Attr, ChunkSource, FsCore, FsError, READ_AHEAD_CHUNKS, READ_BYTES_MAX};
+
+use super::abi::{self, init_flags, open_flags, FuseAttr, Put, OUT_HEADER_BYTES};
+use super::request::{decode, Operation, Request};
+
+/// How long the guest may cache entries and attributes (the flist never changes).
+pub const CACHE_TTL_SECONDS: u64 = 3600;
+/// Largest directory listing in one reply.
+pub const READDIR_BYTES_MAX: u32 = 128 * 1024;
+/// Largest xattr value or name list in one reply.
+pub const XATTR_BYTES_MAX: u32 = 64 * 1024;
+/// Pages per request we offer the kernel (`max_pages`; the kernel may grant fewer, bounded
+/// by its own limit and the virtqueue size).
+pub const MAX_PAGES: u16 = 256;
+/// Background requests (read-ahead) the kernel may keep in flight.
+pub const MAX_BACKGROUND: u16 = 128;
+
+static ZEROS: [u8; 64 * 1024] = [0u8; 64 * 1024];
+
+/// Where a reply goes: `capacity` device-writable bytes, written by offset.
+pub trait ReplySink {
+    /// Bytes the guest made writable for the reply.
+    fn capacity(&self) -> u64;
+    /// Writes `bytes` at reply offset `offset`; false when it does not fit or the guest
+    /// memory refused it.
+    fn write_at(&mut self, offset: u64, bytes: &[u8]) -> bool;
+}
+
+/// A reply buffer in memory (tests, the fuzzer).
+#[derive(Debug, Default)]
+pub struct VecSink {
+    pub capacity: usize,
+    pub bytes: Vec<u8>,
+}
+
+impl ReplySink for VecSink {
+    fn capacity(&self) -> u64 {
+        self.capacity as u64
+    }
+    fn write_at(&mut self, offset: u64, bytes: &[u8]) -> bool {
+        let Some(end) = usize::try_from(offset)
+            .ok()
+            .and_then(|start| start.checked_add(bytes.len()))
+        else {
+            return false;
+        };
+        if end > self.capacity {
+            return false;
+        }
+        if self.bytes.len() < end {
+            self.bytes.resize(end, 0);
+        }
+        self.bytes[end - bytes.len()..end].copy_from_slice(bytes);
+        true
+    }
+}
+
+/// Settings of a session.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct SessionConfig {
+    /// Answer opens with `FOPEN_DIRECT_IO` (no guest page cache) instead of
+    /// `FOPEN_KEEP_CACHE`.
+    pub direct_io: bool,
+}
+
+/// Answers FUSE requests over one flist.
+pub struct Session {
+    core: FsCore,
+    chunks: Arc<dyn ChunkSource>,
+    config: SessionConfig,
+}
+
+impl std::fmt::Debug for Session {
+    fn fmt(&self, formatter: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        formatter
+            .debug_struct("Session")
+            .field("core", &self.core)
+            .field("config", &self.config)
+            .finish_non_exhaustive()
+    }
+}
+
+/// What [`Session::handle`] did with a chain.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Outcome {
+    /// A reply of this many bytes was written.
+    Replied(u32),
+    /// The request wants no reply (forget, interrupt).
+    NoReply,
+    /// No reply could be written (no header, or no room for one).
+    Dropped,
+}
+
+impl Outcome {
+    /// The used length for the virtqueue.
+    pub fn used_bytes(self) -> u32 {
+        match self {
+            Outcome::Replied(bytes) => bytes,
+            Outcome::NoReply | Outcome::Dropped => 0,
+        }
+    }
+}
+
+fn fuse_attr(attr: &Attr) -> FuseAttr {
+    FuseAttr {
+        ino: attr.id,
+        size: attr.size,
+        blocks: attr.blocks,
+        atime: attr.atime.0 as u64,
+        mtime: attr.mtime.0 as u64,
+        ctime: attr.ctime.0 as u64,
+        atime_nsec: attr.atime.1,
+        mtime_nsec: attr.mtime.1,
+        ctime_nsec: attr.ctime.1,
+        mode: attr.mode,
+        nlink: attr.nlink,
+        uid: attr.uid,
+        gid: attr.gid,
+        rdev: attr.rdev as u32,
+        block_bytes: flistfs::fs::BLOCK_BYTES,
+    }
+}
+
+/// A reply body or an errno.
+type Answer = Result<Vec<u8>, i32>;
+
+fn errno(error: &FsError) -> i32 {
+    error.errno()
+}
+
+impl Session {
+    /// A session over `core`, whose chunks come from `chunks` (the same source the core
+    /// was built with).
+    pub fn new(core: FsCore, chunks: Arc<dyn ChunkSource>, config: SessionConfig) -> Self {
+        Self {
+            core,
+            chunks,
+            config,
+        }
+    }
+
+    /// The core served.
+    pub fn core(&self) -> &FsCore {
+        &self.core
+    }
+
+    /// Decodes `message` (the chain's first readable bytes; `readable_bytes` in all),
+    /// answers it and writes the reply to `sink`.
+    pub fn handle(&self, message: &[u8], readable_bytes: u64, sink: &mut dyn ReplySink) -> Outcome {
+        let request = match decode(message, readable_bytes) {
+            Ok(request) => request,
+            Err(error) => {
+                tracing::debug!(%error, "refused a FUSE message");
+                return match error.header() {
+                    Some(header) => reply_error(sink, header.unique, error.errno()),
+                    None => Outcome::Dropped,
+                };
+            }
+        };
+        if request.operation.is_one_way() {
+            return Outcome::NoReply;
+        }
+        let unique = request.header.unique;
+        if let Operation::Read { offset, size } = request.operation {
+            return self.read(request.header.nodeid, offset, size, unique, sink);
+        }
+        match self.answer(&request, sink.capacity()) {
+            Ok(body) => reply(sink, unique, &body),
+            Err(errno) => reply_error(sink, unique, errno),
+        }
+    }
+
+    fn answer(&self, request: &Request<'_>, capacity: u64) -> Answer {
+        let id = request.header.nodeid;
+        let room = capacity.saturating_sub(OUT_HEADER_BYTES as u64);
+        let mut body = Vec::new();
+        match request.operation {
+            Operation::Init {
+                major,
+                minor,
+                max_readahead,
+                flags,
+            } => return Ok(init_reply(major, minor, max_readahead, flags)),
+            Operation::Destroy
+            | Operation::Release
+            | Operation::Releasedir
+            | Operation::Flush
+            | Operation::Sync => {}
+            Operation::Lookup { name } => {
+                let attr = self.core.lookup(id, name).map_err(|e| errno(&e))?;
+                abi::encode_entry(&fuse_attr(&attr), CACHE_TTL_SECONDS, &mut body);
+            }
+            Operation::Getattr => {
+                let attr = self.core.getattr(id).map_err(|e| errno(&e))?;
+                abi::encode_attr_out(&fuse_attr(&attr), CACHE_TTL_SECONDS, &mut body);
+            }
+            Operation::Readlink => {
+                body = self.core.readlink(id).map_err(|e| errno(&e))?;
+            }
+            Operation::Open { flags } => {
+                let access = flags as i32 & libc::O_ACCMODE;
+                let write = access != libc::O_RDONLY || flags as i32 & libc::O_TRUNC != 0;
+                self.core.open(id, write).map_err(|e| errno(&e))?;
+                let open = if self.config.direct_io {
+                    open_flags::DIRECT_IO
+                } else {
+                    open_flags::KEEP_CACHE
+                };
+                encode_open(open | open_flags::NOFLUSH, &mut body);
+            }
+            Operation::Opendir { .. } => {
+                let attr = self.core.getattr(id).map_err(|e| errno(&e))?;
+                if attr.mode & mode::TYPE_MASK != mode::DIRECTORY {
+                    return Err(libc::ENOTDIR);
+                }
+                encode_open(open_flags::KEEP_CACHE | open_flags::CACHE_DIR, &mut body);
+            }
+            Operation::Readdir { offset, size, plus } => {
+                let limit = u64::from(size.min(READDIR_BYTES_MAX)).min(room) as usize;
+                self.readdir(id, offset, limit, plus, &mut body)?;
+            }
+            Operation::Statfs => {
+                let stat = self.core.statfs();
+                body.put_u64(stat.blocks);
+                body.put_u64(0); // bfree
+                body.put_u64(0); // bavail
+                body.put_u64(stat.files);
+                body.put_u64(0); // ffree
+                body.put_u32(stat.block_bytes);
+                body.put_u32(stat.name_bytes_max);
+                body.put_u32(stat.block_bytes); // frsize
+                body.resize(abi::STATFS_OUT_BYTES, 0);
+            }
+            Operation::Getxattr { size, name } => {
+                let value = self.core.getxattr(id, name).map_err(|e| errno(&e))?;
+                body = sized_reply(value, size)?;
+            }
+            Operation::Listxattr { size } => {
+                let names = self.core.listxattr(id).map_err(|e| errno(&e))?;
+                body = sized_reply(names, size)?;
+            }
+            Operation::Access { mask } => {
+                self.core
+                    .access(id, mask as i32, request.header.uid, request.header.gid)
+                    .map_err(|e| errno(&e))?;
+            }
+            Operation::Lseek { offset, whence } => {
+                let hole = match whence as i32 {
+                    libc::SEEK_DATA => false,
+                    libc::SEEK_HOLE => true,
+                    // The kernel answers SEEK_SET, SEEK_CUR and SEEK_END itself.
+                    _ => return Err(libc::EINVAL),
+                };
+                let found = self
+                    .core
+                    .seek_data_or_hole(id, offset, hole)
+                    .map_err(|e| errno(&e))?;
+                body.put_u64(found);
+            }
+            Operation::Write => return Err(libc::EROFS),
+            Operation::Ioctl => return Err(libc::ENOTTY),
+            Operation::Unsupported => return Err(libc::ENOSYS),
+            // Handled before: reads stream into the sink, one-way messages get no reply.
+            Operation::Read { .. }
+            | Operation::Forget { .. }
+            | Operation::BatchForget { .. }
+            | Operation::Interrupt => return Err(libc::EINVAL),
+        }
+        if body.len() as u64 > room {
+            return Err(libc::ERANGE);
+        }
+        Ok(body)
+    }
+
+    fn readdir(
+        &self,
+        id: u64,
+        offset: u64,
+        limit: usize,
+        plus: bool,
+        body: &mut Vec<u8>,
+    ) -> Result<(), i32> {
+        let mut failure = None;
+        self.core
+            .readdir(id, offset, |item| {
+                let needed = abi::dirent_bytes(item.name.len())
+                    + if plus { abi::ENTRY_OUT_BYTES } else { 0 };
+                if body.len() + needed > limit {
+                    return false;
+                }
+                if plus {
+                    match self.core.getattr(item.id) {
+                        Ok(attr) => abi::encode_entry(&fuse_attr(&attr), CACHE_TTL_SECONDS, body),
+                        Err(error) => {
+                            failure = Some(error);
+                            return false;
+                        }
+                    }
+                }
+                abi::encode_dirent(
+                    item.id,
+                    item.next_offset,
+                    (item.kind & mode::TYPE_MASK) >> 12,
+                    &item.name,
+                    body,
+                );
+                true
+            })
+            .map_err(|e| errno(&e))?;
+        match failure {
+            Some(error) => Err(errno(&error)),
+            None => Ok(()),
+        }
+    }
+
+    /// Streams `size` bytes of file `id` at `offset` into the sink after the header.
+    fn read(
+        &self,
+        id: u64,
+        offset: u64,
+        size: u32,
+        unique: u64,
+        sink: &mut dyn ReplySink,
+    ) -> Outcome {
+        let room = sink.capacity().saturating_sub(OUT_HEADER_BYTES as u64);
+        let wanted = u64::from(size.min(READ_BYTES_MAX)).min(room);
+        match self.read_into(id, offset, wanted, sink) {
+            Ok(bytes) => {
+                let total = OUT_HEADER_BYTES as u64 + bytes;
+                let mut header = Vec::with_capacity(OUT_HEADER_BYTES);
+                abi::encode_out_header(total as u32, 0, unique, &mut header);
+                if sink.write_at(0, &header) {
+                    Outcome::Replied(total as u32)
+                } else {
+                    Outcome::Dropped
+                }
+            }
+            Err(errno) => reply_error(sink, unique, errno),
+        }
+    }
+
+    /// The read itself: returns the bytes written after the header.
+    fn read_into(
+        &self,
+        id: u64,
+        offset: u64,
+        wanted: u64,
+        sink: &mut dyn ReplySink,
+    ) -> Result<u64, i32> {
+        let flist = self.core.flist();
+        let number = id
+            .checked_sub(1)
+            .and_then(|number| u32::try_from(number).ok())
+            .filter(|number| u64::from(*number) < flist.inode_count())
+            .ok_or(libc::ENOENT)?;
+        let inode = flist.inode(number).map_err(|e| errno(&FsError::from(e)))?;
+        if inode.is_dir() {
+            return Err(libc::EISDIR);
+        }
+        if inode.kind() != mode::REGULAR {
+            return Err(libc::EINVAL);
+        }
+        let file_bytes = inode.record.size;
+        if offset >= file_bytes || wanted == 0 {
+            return Ok(0);
+        }
+        let end = file_bytes.min(offset.saturating_add(wanted));
+        // Reply offset of file byte `position`.
+        let at = |position: u64| OUT_HEADER_BYTES as u64 + (position - offset);
+        let io = |error: flistfs::FormatError| errno(&FsError::from(error));
+        let mut position = offset;
+        let mut last_index = None;
+        while position < end {
+            match flist.chunk_at(&inode, position).map_err(io)? {
+                Some((index, chunk)) => {
+                    let plain = self.chunks.fetch(&chunk).map_err(|_| libc::EIO)?;
+                    let chunk_end = chunk.file_offset + u64::from(chunk.plain_bytes);
+                    let copy_end = end.min(chunk_end);
+                    let slice = plain
+                        .get(
+                            (position - chunk.file_offset) as usize
+                                ..(copy_end - chunk.file_offset) as usize,
+                        )
+                        .ok_or_else(|| {
+                            tracing::error!(id, "a chunk is shorter than its record");
+                            libc::EIO
+                        })?;
+                    if !sink.write_at(at(position), slice) {
+                        return Err(libc::EFAULT);
+                    }
+                    position = copy_end;
+                    last_index = Some(index);
+                }
+                None => {
+                    // A hole: zeros up to the next chunk or the end.
+                    let next_start = self.next_chunk_start(&inode, position)?.unwrap_or(end);
+                    let hole_end = end.min(next_start.max(position + 1));
+                    while position < hole_end {
+                        let take = (hole_end - position).min(ZEROS.len() as u64);
+                        if !sink.write_at(at(position), &ZEROS[..take as usize]) {
+                            return Err(libc::EFAULT);
+                        }
+                        position += take;
+                    }
+                }
+            }
+        }
+        if let Some(index) = last_index {
+            let count = flist.chunk_len(&inode).map_err(io)?;
+            let upcoming: Vec<_> = (index + 1..count.min(index + 1 + READ_AHEAD_CHUNKS))
+                .map(|next| flist.chunk(&inode, next))
+                .collect::<Result<_, _>>()
+                .map_err(io)?;
+            if !upcoming.is_empty() {
+                self.chunks.prefetch(&upcoming);
+            }
+        }
+        Ok(end - offset)
+    }
+
+    fn next_chunk_start(
+        &self,
+        inode: &flistfs::format::reader::Inode,
+        position: u64,
+    ) -> Result<Option<u64>, i32> {
+        let flist = self.core.flist();
+        let io = |error: flistfs::FormatError| errno(&FsError::from(error));
+        let count = flist.chunk_len(inode).map_err(io)?;
+        let (mut low, mut high) = (0u64, count);
+        while low < high {
+            let middle = low + (high - low) / 2;
+            if flist.chunk(inode, middle).map_err(io)?.file_offset <= position {
+                low = middle + 1;
+            } else {
+                high = middle;
+            }
+        }
+        if low < count {
+            Ok(Some(flist.chunk(inode, low).map_err(io)?.file_offset))
+        } else {
+            Ok(None)
+        }
+    }
+}
+
+fn encode_open(flags: u32, body: &mut Vec<u8>) {
+    body.put_u64(0); // fh
+    body.put_u32(flags);
+    body.put_u32(0);
+}
+
+/// getxattr / listxattr: the size alone when asked with 0, the bytes when they fit.
+fn sized_reply(value: Vec<u8>, size: u32) -> Answer {
+    if value.len() > XATTR_BYTES_MAX as usize {
+        return Err(libc::E2BIG);
+    }
+    if size == 0 {
+        let mut body = Vec::with_capacity(8);
+        body.put_u32(value.len() as u32);
+        body.put_u32(0);
+        Ok(body)
+    } else if value.len() > size as usize {
+        Err(libc::ERANGE)
+    } else {
+        Ok(value)
+    }
+}
+
+fn init_reply(major: u32, minor: u32, kernel_readahead: u32, kernel_flags: u32) -> Vec<u8> {
+    let mut body = Vec::with_capacity(abi::INIT_OUT_BYTES);
+    body.put_u32(abi::MAJOR);
+    if major > abi::MAJOR {
+        // The kernel retries with our major: answer only that.
+        body.put_u32(abi::MINOR);
+        body.resize(abi::INIT_OUT_COMPAT_BYTES, 0);
+        return body;
+    }
+    let wanted = init_flags::ASYNC_READ
+        | init_flags::DO_READDIRPLUS
+        | init_flags::READDIRPLUS_AUTO
+        | init_flags::PARALLEL_DIROPS
+        | init_flags::MAX_PAGES
+        | init_flags::CACHE_SYMLINKS
+        | init_flags::ASYNC_DIO
+        | init_flags::EXPORT_SUPPORT;
+    body.put_u32(minor.min(abi::MINOR));
+    body.put_u32(kernel_readahead);
+    body.put_u32(kernel_flags & wanted);
+    body.put_u16(MAX_BACKGROUND);
+    body.put_u16(MAX_BACKGROUND / 4 * 3); // congestion_threshold
+    body.put_u32(128 * 1024); // max_write: nothing is ever written
+    body.put_u32(1); // time_gran: nanoseconds
+    body.put_u16(MAX_PAGES);
+    body.put_u16(0); // map_alignment
+    if minor < 23 {
+        body.truncate(abi::INIT_OUT_COMPAT_BYTES);
+    } else {
+        body.resize(abi::INIT_OUT_BYTES, 0);
+    }
+    body
+}
+
+fn reply(sink: &mut dyn ReplySink, unique: u64, body: &[u8]) -> Outcome {
+    let total = OUT_HEADER_BYTES + body.len();
+    if total as u64 > sink.capacity() {
+        return reply_error(sink, unique, libc::ERANGE);
+    }
+    let mut bytes = Vec::with_capacity(total);
+    abi::encode_out_header(total as u32, 0, unique, &mut bytes);
+    bytes.extend_from_slice(body);
+    if sink.write_at(0, &bytes) {
+        Outcome::Replied(total as u32)
+    } else {
+        Outcome::Dropped
+    }
+}
+
+fn reply_error(sink: &mut dyn ReplySink, unique: u64, errno: i32) -> Outcome {
+    let mut bytes = Vec::with_capacity(OUT_HEADER_BYTES);
+    abi::encode_out_header(OUT_HEADER_BYTES as u32, -errno, unique, &mut bytes);
+    if sink.write_at(0, &bytes) {
+        Outcome::Replied(OUT_HEADER_BYTES as u32)
+    } else {
+        Outcome::Dropped
+    }
+}
