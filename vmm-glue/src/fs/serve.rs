@@ -167,10 +167,9 @@ pub fn open_session(config: &FsServeConfig) -> Result<Session, FsServeError> {
     };
     let source: Arc<dyn ChunkSource> =
         Arc::new(StoreSource::new(routes, cache, source_config).map_err(FsServeError::Setup)?);
-    let core = FsCore::new(Arc::new(flist), source.clone());
+    let core = FsCore::new(Arc::new(flist), source);
     Ok(Session::new(
         core,
-        source,
         SessionConfig {
             direct_io: config.direct_io,
         },

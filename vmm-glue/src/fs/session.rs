@@ -6,14 +6,12 @@
 //! so entries, attributes, symlinks, directory listings and pages are given long cache
 //! lifetimes ([`CACHE_TTL_SECONDS`], `FOPEN_KEEP_CACHE`).
 //!
-//! Reads do not go through [`FsCore::read`] (which assembles a fresh buffer): they walk the
-//! same flist's chunk list and copy each chunk's plaintext from the same chunk source
-//! straight into the guest's buffers, so a read costs one copy on the host.
-
-use std::sync::Arc;
+//! Reads use [`FsCore::read_data`], which lends the chunks' plaintext from the chunk
+//! source's memory cache: each slice is copied straight into the guest's buffers, so a read
+//! costs one copy on the host.
 
 use flistfs::format::mode;
-use flistfs::fs::{Attr, ChunkSource, FsCore, FsError, READ_AHEAD_CHUNKS, READ_BYTES_MAX};
+use flistfs::fs::{Attr, FsCore, FsError, READ_BYTES_MAX};
 
 use super::abi::{self, init_flags, open_flags, FuseAttr, Put, OUT_HEADER_BYTES};
 use super::request::{decode, Operation, Request};
@@ -29,8 +27,6 @@ pub const XATTR_BYTES_MAX: u32 = 64 * 1024;
 pub const MAX_PAGES: u16 = 256;
 /// Background requests (read-ahead) the kernel may keep in flight.
 pub const MAX_BACKGROUND: u16 = 128;
-
-static ZEROS: [u8; 64 * 1024] = [0u8; 64 * 1024];
 
 /// Where a reply goes: `capacity` device-writable bytes, written by offset.
 pub trait ReplySink {
@@ -81,7 +77,6 @@ pub struct SessionConfig {
 /// Answers FUSE requests over one flist.
 pub struct Session {
     core: FsCore,
-    chunks: Arc<dyn ChunkSource>,
     config: SessionConfig,
 }
 
@@ -144,14 +139,9 @@ fn errno(error: &FsError) -> i32 {
 }
 
 impl Session {
-    /// A session over `core`, whose chunks come from `chunks` (the same source the core
-    /// was built with).
-    pub fn new(core: FsCore, chunks: Arc<dyn ChunkSource>, config: SessionConfig) -> Self {
-        Self {
-            core,
-            chunks,
-            config,
-        }
+    /// A session over `core`.
+    pub fn new(core: FsCore, config: SessionConfig) -> Self {
+        Self { core, config }
     }
 
     /// The core served.
@@ -354,7 +344,8 @@ impl Session {
         }
     }
 
-    /// The read itself: returns the bytes written after the header.
+    /// The read itself: the core lends the chunks' plaintext ([`FsCore::read_data`]) and
+    /// each slice is copied once, into the guest. Returns the bytes written after the header.
     fn read_into(
         &self,
         id: u64,
@@ -362,99 +353,19 @@ impl Session {
         wanted: u64,
         sink: &mut dyn ReplySink,
     ) -> Result<u64, i32> {
-        let flist = self.core.flist();
-        let number = id
-            .checked_sub(1)
-            .and_then(|number| u32::try_from(number).ok())
-            .filter(|number| u64::from(*number) < flist.inode_count())
-            .ok_or(libc::ENOENT)?;
-        let inode = flist.inode(number).map_err(|e| errno(&FsError::from(e)))?;
-        if inode.is_dir() {
-            return Err(libc::EISDIR);
-        }
-        if inode.kind() != mode::REGULAR {
-            return Err(libc::EINVAL);
-        }
-        let file_bytes = inode.record.size;
-        if offset >= file_bytes || wanted == 0 {
-            return Ok(0);
-        }
-        let end = file_bytes.min(offset.saturating_add(wanted));
-        // Reply offset of file byte `position`.
-        let at = |position: u64| OUT_HEADER_BYTES as u64 + (position - offset);
-        let io = |error: flistfs::FormatError| errno(&FsError::from(error));
-        let mut position = offset;
-        let mut last_index = None;
-        while position < end {
-            match flist.chunk_at(&inode, position).map_err(io)? {
-                Some((index, chunk)) => {
-                    let plain = self.chunks.fetch(&chunk).map_err(|_| libc::EIO)?;
-                    let chunk_end = chunk.file_offset + u64::from(chunk.plain_bytes);
-                    let copy_end = end.min(chunk_end);
-                    let slice = plain
-                        .get(
-                            (position - chunk.file_offset) as usize
-                                ..(copy_end - chunk.file_offset) as usize,
-                        )
-                        .ok_or_else(|| {
-                            tracing::error!(id, "a chunk is shorter than its record");
-                            libc::EIO
-                        })?;
-                    if !sink.write_at(at(position), slice) {
-                        return Err(libc::EFAULT);
-                    }
-                    position = copy_end;
-                    last_index = Some(index);
-                }
-                None => {
-                    // A hole: zeros up to the next chunk or the end.
-                    let next_start = self.next_chunk_start(&inode, position)?.unwrap_or(end);
-                    let hole_end = end.min(next_start.max(position + 1));
-                    while position < hole_end {
-                        let take = (hole_end - position).min(ZEROS.len() as u64);
-                        if !sink.write_at(at(position), &ZEROS[..take as usize]) {
-                            return Err(libc::EFAULT);
-                        }
-                        position += take;
-                    }
-                }
+        let wanted = u32::try_from(wanted).unwrap_or(u32::MAX);
+        let data = self
+            .core
+            .read_data(id, offset, wanted)
+            .map_err(|e| errno(&e))?;
+        let mut position = OUT_HEADER_BYTES as u64;
+        for slice in data.slices() {
+            if !sink.write_at(position, slice) {
+                return Err(libc::EFAULT);
             }
+            position += slice.len() as u64;
         }
-        if let Some(index) = last_index {
-            let count = flist.chunk_len(&inode).map_err(io)?;
-            let upcoming: Vec<_> = (index + 1..count.min(index + 1 + READ_AHEAD_CHUNKS))
-                .map(|next| flist.chunk(&inode, next))
-                .collect::<Result<_, _>>()
-                .map_err(io)?;
-            if !upcoming.is_empty() {
-                self.chunks.prefetch(&upcoming);
-            }
-        }
-        Ok(end - offset)
-    }
-
-    fn next_chunk_start(
-        &self,
-        inode: &flistfs::format::reader::Inode,
-        position: u64,
-    ) -> Result<Option<u64>, i32> {
-        let flist = self.core.flist();
-        let io = |error: flistfs::FormatError| errno(&FsError::from(error));
-        let count = flist.chunk_len(inode).map_err(io)?;
-        let (mut low, mut high) = (0u64, count);
-        while low < high {
-            let middle = low + (high - low) / 2;
-            if flist.chunk(inode, middle).map_err(io)?.file_offset <= position {
-                low = middle + 1;
-            } else {
-                high = middle;
-            }
-        }
-        if low < count {
-            Ok(Some(flist.chunk(inode, low).map_err(io)?.file_offset))
-        } else {
-            Ok(None)
-        }
+        Ok(position - OUT_HEADER_BYTES as u64)
     }
 }
 
