@@ -8,11 +8,13 @@
 //! - [`backend`]: the `VhostUserBackend`: one epoll thread per queue pops chains, a bounded
 //!   worker pool answers them, EVENT_IDX-aware notifications.
 //! - [`serve`]: the daemon loop that keeps the socket bound across VMM connections.
+//! - [`sample`]: a small in-memory flist for the unit tests and the fuzz target.
 //!
 //! See `docs/design.md`, "virtio-fs request path", for the message layouts and limits.
 
 pub mod abi;
 pub mod backend;
 pub mod request;
+pub mod sample;
 pub mod serve;
 pub mod session;

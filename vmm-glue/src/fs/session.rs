@@ -450,3 +450,237 @@ fn reply_error(sink: &mut dyn ReplySink, unique: u64, errno: i32) -> Outcome {
         Outcome::Dropped
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::fs::abi::opcode;
+    use crate::fs::sample::{sample_byte, sample_session};
+
+    fn message(op: u32, nodeid: u64, body: &[u8]) -> Vec<u8> {
+        let mut bytes = Vec::new();
+        bytes.put_u32((abi::IN_HEADER_BYTES + body.len()) as u32);
+        bytes.put_u32(op);
+        bytes.put_u64(77); // unique
+        bytes.put_u64(nodeid);
+        bytes.extend_from_slice(&[0u8; 16]);
+        bytes.extend_from_slice(body);
+        bytes
+    }
+
+    fn read_body(offset: u64, size: u32) -> Vec<u8> {
+        let mut body = Vec::new();
+        body.put_u64(0);
+        body.put_u64(offset);
+        body.put_u32(size);
+        body.resize(40, 0);
+        body
+    }
+
+    /// (error, body)
+    fn ask(
+        session: &Session,
+        op: u32,
+        nodeid: u64,
+        body: &[u8],
+        capacity: usize,
+    ) -> (i32, Vec<u8>) {
+        let bytes = message(op, nodeid, body);
+        let mut sink = VecSink {
+            capacity,
+            bytes: Vec::new(),
+        };
+        let outcome = session.handle(&bytes, bytes.len() as u64, &mut sink);
+        let Outcome::Replied(length) = outcome else {
+            panic!("no reply: {outcome:?}");
+        };
+        assert_eq!(sink.bytes[..4], length.to_le_bytes());
+        assert_eq!(sink.bytes[8..16], 77u64.to_le_bytes());
+        let error = i32::from_le_bytes(sink.bytes[4..8].try_into().unwrap());
+        (error, sink.bytes[16..length as usize].to_vec())
+    }
+
+    fn u32_at(bytes: &[u8], offset: usize) -> u32 {
+        u32::from_le_bytes(bytes[offset..offset + 4].try_into().unwrap())
+    }
+
+    fn u64_at(bytes: &[u8], offset: usize) -> u64 {
+        u64::from_le_bytes(bytes[offset..offset + 8].try_into().unwrap())
+    }
+
+    #[test]
+    fn init_negotiates_what_both_sides_know() {
+        let session = sample_session(SessionConfig::default()).unwrap();
+        let mut body = Vec::new();
+        body.put_u32(7);
+        body.put_u32(38);
+        body.put_u32(128 * 1024);
+        body.put_u32(init_flags::DO_READDIRPLUS | init_flags::MAX_PAGES | (1 << 31));
+        body.resize(64, 0);
+        let (error, reply) = ask(&session, opcode::INIT, 0, &body, 4096);
+        assert_eq!(error, 0);
+        assert_eq!(reply.len(), abi::INIT_OUT_BYTES);
+        assert_eq!((u32_at(&reply, 0), u32_at(&reply, 4)), (7, abi::MINOR));
+        assert_eq!(u32_at(&reply, 8), 128 * 1024);
+        assert_eq!(
+            u32_at(&reply, 12),
+            init_flags::DO_READDIRPLUS | init_flags::MAX_PAGES
+        );
+    }
+
+    #[test]
+    fn lookup_getattr_and_errors() {
+        let session = sample_session(SessionConfig::default()).unwrap();
+        let (error, entry) = ask(&session, opcode::LOOKUP, 1, b"d\0", 4096);
+        assert_eq!(error, 0);
+        assert_eq!(entry.len(), abi::ENTRY_OUT_BYTES);
+        let directory = u64_at(&entry, 0);
+        // fuse_attr starts at 40: mode at 40 + 60, uid at 40 + 68.
+        assert_eq!(u32_at(&entry, 100), mode::DIRECTORY | 0o750);
+        assert_eq!(u32_at(&entry, 108), 1000);
+        let (error, _) = ask(&session, opcode::LOOKUP, 1, b"nope\0", 4096);
+        assert_eq!(error, -libc::ENOENT);
+        let (error, attr) = ask(&session, opcode::GETATTR, directory, &[0u8; 16], 4096);
+        assert_eq!(error, 0);
+        assert_eq!(u64_at(&attr, 16), directory);
+        let (error, _) = ask(&session, opcode::GETATTR, 999_999, &[0u8; 16], 4096);
+        assert_eq!(error, -libc::ENOENT);
+        let (_, link) = ask(&session, opcode::LOOKUP, 1, b"l\0", 4096);
+        let (error, target) = ask(&session, opcode::READLINK, u64_at(&link, 0), &[], 4096);
+        assert_eq!((error, target.as_slice()), (0, b"d/f".as_slice()));
+        let (error, _) = ask(&session, opcode::WRITE, 3, &[0u8; 80], 4096);
+        assert_eq!(error, -libc::EROFS);
+        let (error, _) = ask(&session, 200, 1, &[], 4096);
+        assert_eq!(error, -libc::ENOSYS);
+        let mut open = Vec::new();
+        open.put_u32(libc::O_WRONLY as u32);
+        open.put_u32(0);
+        let (error, _) = ask(&session, opcode::OPEN, 4, &open, 4096);
+        assert_eq!(error, -libc::EROFS);
+        // A reply that does not fit the room given: ERANGE in the header alone.
+        let (error, _) = ask(&session, opcode::LOOKUP, 1, b"d\0", 64);
+        assert_eq!(error, -libc::ERANGE);
+        // One-way messages get no reply.
+        let bytes = message(opcode::FORGET, 3, &1u64.to_le_bytes());
+        let mut sink = VecSink {
+            capacity: 4096,
+            bytes: Vec::new(),
+        };
+        assert_eq!(
+            session.handle(&bytes, bytes.len() as u64, &mut sink),
+            Outcome::NoReply
+        );
+    }
+
+    #[test]
+    fn reads_cross_chunks_and_holes_and_respect_the_room() {
+        let session = sample_session(SessionConfig::default()).unwrap();
+        let (_, entry) = ask(&session, opcode::LOOKUP, 1, b"d\0", 4096);
+        let (_, entry) = ask(&session, opcode::LOOKUP, u64_at(&entry, 0), b"f\0", 4096);
+        let file = u64_at(&entry, 0);
+        for (offset, size) in [
+            (0u64, 4096u32),
+            (99_990, 20),
+            (199_995, 10),
+            (50_000, 200_000),
+            (299_990, 4096),
+        ] {
+            let (error, data) = ask(
+                &session,
+                opcode::READ,
+                file,
+                &read_body(offset, size),
+                1 << 20,
+            );
+            assert_eq!(error, 0);
+            let end = (offset + u64::from(size)).min(300_000);
+            let expected: Vec<u8> = (offset..end).map(sample_byte).collect();
+            assert_eq!(data, expected, "read {offset}+{size}");
+        }
+        // Past the end: empty. Less room than asked: as much as fits.
+        let (error, data) = ask(&session, opcode::READ, file, &read_body(400_000, 10), 4096);
+        assert_eq!((error, data.len()), (0, 0));
+        let (error, data) = ask(&session, opcode::READ, file, &read_body(0, 8192), 16 + 1000);
+        assert_eq!((error, data.len()), (0, 1000));
+        let (error, _) = ask(&session, opcode::READ, 1, &read_body(0, 10), 4096);
+        assert_eq!(error, -libc::EISDIR);
+    }
+
+    #[test]
+    fn readdir_resumes_at_offsets_and_xattrs_report_sizes() {
+        let session = sample_session(SessionConfig::default()).unwrap();
+        for op in [opcode::READDIR, opcode::READDIRPLUS] {
+            let mut names = Vec::new();
+            let mut offset = 0;
+            loop {
+                // Room for about one entry per reply.
+                let room = if op == opcode::READDIR { 40 } else { 170 };
+                let (error, listing) = ask(&session, op, 1, &read_body(offset, room), 4096);
+                assert_eq!(error, 0);
+                if listing.is_empty() {
+                    break;
+                }
+                let mut at = 0;
+                while at < listing.len() {
+                    let dirent = if op == opcode::READDIRPLUS {
+                        at + abi::ENTRY_OUT_BYTES
+                    } else {
+                        at
+                    };
+                    let name_bytes = u32_at(&listing, dirent + 16) as usize;
+                    offset = u64_at(&listing, dirent + 8);
+                    names.push(listing[dirent + 24..dirent + 24 + name_bytes].to_vec());
+                    at = dirent + abi::dirent_bytes(name_bytes);
+                }
+            }
+            assert_eq!(names, [&b"."[..], b"..", b"d", b"l"]);
+        }
+        let (_, entry) = ask(&session, opcode::LOOKUP, 1, b"d\0", 4096);
+        let (_, entry) = ask(
+            &session,
+            opcode::LOOKUP,
+            u64_at(&entry, 0),
+            b"small\0",
+            4096,
+        );
+        let small = u64_at(&entry, 0);
+        let xattr = |size: u32, name: &[u8]| {
+            let mut body = Vec::new();
+            body.put_u32(size);
+            body.put_u32(0);
+            body.extend_from_slice(name);
+            body
+        };
+        let (error, reply) = ask(
+            &session,
+            opcode::GETXATTR,
+            small,
+            &xattr(0, b"user.k\0"),
+            4096,
+        );
+        assert_eq!((error, u32_at(&reply, 0)), (0, 1));
+        let (error, reply) = ask(
+            &session,
+            opcode::GETXATTR,
+            small,
+            &xattr(8, b"user.k\0"),
+            4096,
+        );
+        assert_eq!((error, reply.as_slice()), (0, b"v".as_slice()));
+        let (error, _) = ask(
+            &session,
+            opcode::GETXATTR,
+            small,
+            &xattr(8, b"user.x\0"),
+            4096,
+        );
+        assert_eq!(error, -libc::ENODATA);
+        let (error, reply) = ask(&session, opcode::LISTXATTR, small, &xattr(64, b""), 4096);
+        assert_eq!((error, reply.as_slice()), (0, b"user.k\0".as_slice()));
+        let (error, _) = ask(&session, opcode::LISTXATTR, small, &xattr(2, b""), 4096);
+        assert_eq!(error, -libc::ERANGE);
+        let (error, reply) = ask(&session, opcode::STATFS, 1, &[], 4096);
+        assert_eq!((error, reply.len()), (0, abi::STATFS_OUT_BYTES));
+        assert_eq!(u32_at(&reply, 44), 255);
+    }
+}
