@@ -222,19 +222,23 @@ fn run_command(command: FlistCommand) -> anyhow::Result<()> {
                 flistfs::cache::CACHE_BYTES_DEFAULT,
                 SourceConfig::default(),
             )?;
-            let stats =
-                flistfs::unpack::unpack(&image, &source, &destination).with_context(|| {
+            let started = std::time::Instant::now();
+            let stats = flistfs::unpack::unpack_with_progress(&image, &source, &destination, true)
+                .with_context(|| {
                     format!(
                         "unpacking {} into {}",
                         flist.display(),
                         destination.display()
                     )
                 })?;
+            let seconds = started.elapsed().as_secs_f64();
             println!(
-                "unpacked {} entries, {} bytes into {}",
+                "unpacked {} entries, {} bytes into {} in {seconds:.2} s ({:.0} MB/s);                  {} chunks fetched from the stores",
                 stats.entries,
                 stats.bytes,
-                destination.display()
+                destination.display(),
+                stats.bytes as f64 / seconds.max(1e-6) / 1e6,
+                source.store_reads()
             );
             Ok(())
         }

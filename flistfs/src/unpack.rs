@@ -58,12 +58,50 @@ pub struct UnpackStats {
     pub bytes: u64,
 }
 
+/// Chunks of a file asked of the source ahead of the one being written.
+const UNPACK_READ_AHEAD_CHUNKS: u64 = 8;
+
 /// Restores `flist` into `destination` (created if missing, must be empty), reading
 /// content from `chunks`.
 pub fn unpack(
     flist: &Flist,
     chunks: &dyn ChunkSource,
     destination: &Path,
+) -> Result<UnpackStats, UnpackError> {
+    unpack_with_progress(flist, chunks, destination, false)
+}
+
+/// [`unpack`], showing a progress bar on stderr when `progress` is set (bytes of content
+/// written out of the flist's total, and entries; hidden when stderr is not a terminal).
+pub fn unpack_with_progress(
+    flist: &Flist,
+    chunks: &dyn ChunkSource,
+    destination: &Path,
+    progress: bool,
+) -> Result<UnpackStats, UnpackError> {
+    let bar = if progress {
+        indicatif::ProgressBar::new(flist.file_bytes())
+    } else {
+        indicatif::ProgressBar::hidden()
+    };
+    bar.set_style(
+        indicatif::ProgressStyle::with_template(
+            "{elapsed} [{bar:30}] {bytes}/{total_bytes} ({bytes_per_sec}, {eta} left) {msg}",
+        )
+        .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar())
+        .progress_chars("=> "),
+    );
+    bar.enable_steady_tick(std::time::Duration::from_millis(200));
+    let outcome = unpack_into(flist, chunks, destination, &bar);
+    bar.finish_and_clear();
+    outcome
+}
+
+fn unpack_into(
+    flist: &Flist,
+    chunks: &dyn ChunkSource,
+    destination: &Path,
+    bar: &indicatif::ProgressBar,
 ) -> Result<UnpackStats, UnpackError> {
     std::fs::create_dir_all(destination).map_err(io_error(destination, "creating"))?;
     if std::fs::read_dir(destination)
@@ -81,6 +119,7 @@ pub fn unpack(
         chunks,
         first_path: HashMap::new(),
         stats: UnpackStats::default(),
+        bar,
     };
     let root = flist.root()?;
     state.directory(&root, destination)?;
@@ -93,6 +132,7 @@ struct State<'a> {
     chunks: &'a dyn ChunkSource,
     first_path: HashMap<u32, PathBuf>,
     stats: UnpackStats,
+    bar: &'a indicatif::ProgressBar,
 }
 
 impl State<'_> {
@@ -102,6 +142,10 @@ impl State<'_> {
             let child_path = path.join(std::ffi::OsStr::from_bytes(entry.name));
             let child = self.flist.inode(entry.inode)?;
             self.stats.entries += 1;
+            if self.stats.entries % 256 == 0 {
+                self.bar
+                    .set_message(format!("{} entries", self.stats.entries));
+            }
             if let Some(existing) = self.first_path.get(&entry.inode) {
                 std::fs::hard_link(existing, &child_path)
                     .map_err(io_error(&child_path, "linking"))?;
@@ -140,7 +184,15 @@ impl State<'_> {
             .mode_private()
             .open(path)
             .map_err(io_error(path, "creating"))?;
-        for index in 0..self.flist.chunk_len(file)? {
+        let chunk_count = self.flist.chunk_len(file)?;
+        for index in 0..chunk_count {
+            if index % UNPACK_READ_AHEAD_CHUNKS == 0 {
+                // The source fetches these in the background while this one is written.
+                let ahead = (index + 1..chunk_count.min(index + 1 + UNPACK_READ_AHEAD_CHUNKS))
+                    .map(|next| self.flist.chunk(file, next))
+                    .collect::<Result<Vec<_>, _>>()?;
+                self.chunks.prefetch(&ahead);
+            }
             let chunk = self.flist.chunk(file, index)?;
             let plain = self
                 .chunks
@@ -153,6 +205,7 @@ impl State<'_> {
                 .write_all_at(&plain, chunk.file_offset)
                 .map_err(io_error(path, "writing"))?;
             self.stats.bytes += plain.len() as u64;
+            self.bar.inc(plain.len() as u64);
         }
         // Holes (and a trailing one) stay sparse.
         output
