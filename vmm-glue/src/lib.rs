@@ -10,6 +10,9 @@
 //! - [`blk`]: the vhost-user-blk device: [`blk::request`] decodes untrusted descriptor
 //!   chains, [`blk::backend`] turns requests into io_uring operations on the volume,
 //!   [`blk::serve`] keeps the socket bound and serves one VMM after another.
+//! - [`machine`]: supervised VMs (`zos vm start/list/stop`): a supervisor process per VM
+//!   owns QEMU and its backends (flist root over virtio-fs, data disk over vhost-user-blk,
+//!   configuration and host shares over virtiofsd), watches the boot and cleans up.
 //! - [`fs`]: the vhost-user-fs device: [`fs::request`] decodes untrusted FUSE messages,
 //!   [`fs::session`] answers them with flistfs's fs core, [`fs::backend`] pops chains and
 //!   hands them to a bounded worker pool, [`fs::serve`] keeps the socket bound.
@@ -23,11 +26,13 @@
 //! `vmm-sys-util` (the vhost-user protocol, virtqueues, guest memory, eventfds);
 //! `io-uring` (volume I/O); `xts-mode` + `aes` (encryption at rest); `blake3` (key check,
 //! serials); `crc32fast` (metadata checksum); `hex` (key files); `flistfs` (the flist, its
-//! fs core and chunk cache, for virtio-fs) and `erasure` (the chunk stores it reads).
+//! fs core and chunk cache, for virtio-fs) and `erasure` (the chunk stores it reads);
+//! `serde` + `serde_json` (the VM spec and status files of [`machine`], QMP).
 
 pub mod blk;
 pub mod crypto;
 pub mod fs;
 pub mod io;
+pub mod machine;
 pub mod sys;
 pub mod volume;
