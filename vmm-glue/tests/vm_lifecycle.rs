@@ -125,7 +125,8 @@ fn sockets_in(dir: &Path) -> Vec<PathBuf> {
 /// Two VMs at once from one flist: the first with a host share and an SSH key. The key and
 /// the share reach the guest (console report, real SSH login, a file written by the guest
 /// read on the host); `zos vm list --json` shows both; a name in use and other misuse are
-/// refused; `zos vm stop` shuts each down cleanly and leaves no process or socket behind.
+/// refused; `zos vm stop` shuts the first down cleanly; the second's supervisor is killed
+/// and its processes follow it; no process or socket is left behind.
 #[test]
 fn start_list_stop_with_share_and_ssh_key() {
     let image =
@@ -222,6 +223,12 @@ fn start_list_stop_with_share_and_ssh_key() {
     assert!(error.contains("/nonexistent"), "{error}");
     let error = env.err(&as_refs(&start("bad/name", &[])));
     assert!(error.contains("VM name"), "{error}");
+    // A socket path of the VM that another process listens on.
+    std::fs::create_dir_all(env.state_dir.join("taken")).unwrap();
+    let taken = env.state_dir.join("taken").join("disk.sock");
+    let _listener = std::os::unix::net::UnixListener::bind(&taken).unwrap();
+    let error = env.err(&as_refs(&start("taken", &[])));
+    assert!(error.contains("disk.sock is taken"), "{error}");
 
     // Two VMs at once.
     let output = env.ok(&as_refs(&start(
@@ -327,20 +334,37 @@ fn start_list_stop_with_share_and_ssh_key() {
         .stdin(Stdio::null())
         .output()
         .unwrap();
-    assert!(!denied.status.success(), "vm-b let the key in");
+    let denied_text = String::from_utf8_lossy(&denied.stderr);
+    assert!(
+        !denied.status.success() && denied_text.contains("Permission denied"),
+        "vm-b should refuse the key: {denied_text}"
+    );
 
-    // Clean shutdowns; nothing left behind.
-    for name in ["vm-a", "vm-b"] {
-        let output = env.ok(&["vm", "stop", name]);
-        assert!(output.contains("the guest shut down"), "{output}");
+    // vm-a: a clean shutdown through the ACPI power button.
+    let output = env.ok(&["vm", "stop", "vm-a"]);
+    assert!(output.contains("the guest shut down"), "{output}");
+    assert_eq!(env.vm("vm-a")["state"], "stopped");
+
+    // vm-b: its supervisor is SIGKILLed; its children follow it (PR_SET_PDEATHSIG), the
+    // list calls it dead, and stop removes the leftovers.
+    let supervisor = vm_b["supervisor_pid"].as_u64().unwrap() as i32;
+    // SAFETY: a signal to a process this test started (through zos vm start).
+    assert_eq!(unsafe { libc::kill(supervisor, libc::SIGKILL) }, 0);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    while pids(&vm_b).iter().any(|pid| alive(*pid)) && std::time::Instant::now() < deadline {
+        std::thread::sleep(std::time::Duration::from_millis(100));
     }
+    assert_eq!(env.vm("vm-b")["state"], "dead");
+    let output = env.ok(&["vm", "stop", "vm-b"]);
+    assert!(output.contains("not running"), "{output}");
+
+    // Nothing left behind.
     let still: Vec<u32> = all_pids.iter().copied().filter(|pid| alive(*pid)).collect();
     assert!(still.is_empty(), "processes left behind: {still:?}");
     for name in ["vm-a", "vm-b"] {
         let dir = env.state_dir.join(name);
         assert!(sockets_in(&dir).is_empty(), "{:?}", sockets_in(&dir));
         assert!(!dir.join("config").exists());
-        assert_eq!(env.vm(name)["state"], "stopped");
     }
     let output = env.ok(&["vm", "stop", "vm-a", "--rm"]);
     assert!(output.contains("not running"), "{output}");
