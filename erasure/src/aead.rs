@@ -51,6 +51,28 @@ impl Aead {
         }
     }
 
+    /// Encrypts `data` where it lies; returns the tag.
+    pub fn seal_in_place(
+        &self,
+        nonce: [u8; NONCE_BYTES],
+        aad: &[u8],
+        data: &mut [u8],
+    ) -> [u8; TAG_BYTES] {
+        // Sealing fails only for inputs over about 64 GiB; chunks and records are far smaller.
+        match self.key.seal_in_place_separate_tag(
+            Nonce::assume_unique_for_key(nonce),
+            Aad::from(aad),
+            data,
+        ) {
+            Ok(tag) => {
+                let mut bytes = [0u8; TAG_BYTES];
+                bytes.copy_from_slice(tag.as_ref());
+                bytes
+            }
+            Err(_) => unreachable!("AES-GCM input under its 64 GiB limit"),
+        }
+    }
+
     /// Opens `nonce ‖ ciphertext ‖ tag`; `None` when it does not authenticate.
     pub fn open(&self, aad: &[u8], sealed: &[u8]) -> Option<Vec<u8>> {
         if sealed.len() < NONCE_BYTES + TAG_BYTES {

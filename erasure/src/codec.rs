@@ -17,6 +17,9 @@ pub const NONCE_BYTES: usize = 12;
 pub const TAG_BYTES: usize = 16;
 /// Bytes before the ciphertext in a sealed chunk: flags and nonce.
 pub const SEALED_HEADER_BYTES: usize = 1 + NONCE_BYTES;
+/// Headroom before the plaintext in a buffer given to [`ChunkCodec::encode_in_place`]: the
+/// sealed chunk's flags and nonce go there.
+pub const IN_PLACE_HEADROOM_BYTES: usize = SEALED_HEADER_BYTES;
 /// Bytes of a shard frame's header.
 pub const SHARD_HEADER_BYTES: usize = 20;
 /// Shard payloads are padded to a multiple of this (reed-solomon-simd wants even sizes;
@@ -196,6 +199,37 @@ impl ReedSolomon {
         Ok(shards)
     }
 
+    /// Computes the m parity shards of the k data shards `data` (all of one length) into
+    /// `parity` (m slices of that length), without copying the data.
+    pub fn parity_into(&self, data: &[&[u8]], parity: &mut [&mut [u8]]) -> Result<(), CodecError> {
+        if data.len() != self.data_shards || parity.len() != self.parity_shards {
+            return Err(CodecError::InvalidParameters(format!(
+                "{}+{} shards given to a {}+{} coder",
+                data.len(),
+                parity.len(),
+                self.data_shards,
+                self.parity_shards
+            )));
+        }
+        match &self.erasure {
+            Some(coder) => coder
+                .encode_sep(data, parity)
+                .map_err(|e| CodecError::ReedSolomon(format!("{e:?}"))),
+            None => {
+                let computed =
+                    reed_solomon_simd::encode(self.data_shards, self.parity_shards, data.iter())
+                        .map_err(|e| CodecError::ReedSolomon(e.to_string()))?;
+                for (target, shard) in parity.iter_mut().zip(computed) {
+                    if target.len() != shard.len() {
+                        return Err(CodecError::ReedSolomon("parity length differs".into()));
+                    }
+                    target.copy_from_slice(&shard);
+                }
+                Ok(())
+            }
+        }
+    }
+
     /// Given the k data shards, appends the m parity shards.
     fn add_parity(&self, shards: &mut Vec<Vec<u8>>) -> Result<(), CodecError> {
         let shard_bytes = shards.first().map_or(0, Vec::len);
@@ -308,17 +342,27 @@ pub struct ShardHeader {
     pub index: u8,
 }
 
+/// The first 16 bytes of a frame's header (all but the crc) for a payload of `payload_bytes`.
+fn header_prefix(header: ShardHeader, payload_bytes: usize) -> [u8; 16] {
+    let mut prefix = [0u8; 16];
+    prefix[..4].copy_from_slice(SHARD_MAGIC);
+    prefix[4] = SHARD_VERSION;
+    prefix[5] = header.codec as u8;
+    prefix[6] = header.data_shards;
+    prefix[7] = header.parity_shards;
+    prefix[8] = header.index;
+    prefix[12..16].copy_from_slice(&(payload_bytes as u32).to_le_bytes());
+    prefix
+}
+
+/// Bytes copied and checksummed at a time when a data shard's frame is built, so the crc
+/// reads what the copy just brought into the core's cache.
+const COPY_BLOCK_BYTES: usize = 32 * 1024;
+
 /// Frames a shard payload: header, crc32, payload. Returns the frame and its crc.
 pub fn frame_shard(header: ShardHeader, payload: &[u8]) -> (Vec<u8>, u32) {
     let mut frame = Vec::with_capacity(SHARD_HEADER_BYTES + payload.len());
-    frame.extend_from_slice(SHARD_MAGIC);
-    frame.push(SHARD_VERSION);
-    frame.push(header.codec as u8);
-    frame.push(header.data_shards);
-    frame.push(header.parity_shards);
-    frame.push(header.index);
-    frame.extend_from_slice(&[0; 3]);
-    frame.extend_from_slice(&(payload.len() as u32).to_le_bytes());
+    frame.extend_from_slice(&header_prefix(header, payload.len()));
     let mut hasher = crc32fast::Hasher::new();
     hasher.update(&frame);
     hasher.update(payload);
@@ -426,6 +470,110 @@ pub struct EncodedChunk {
     pub info: ChunkInfo,
     /// Shard frames, index order.
     pub shards: Vec<Vec<u8>>,
+    /// blake3 of the chunk alone, when it was hashed as the subtree at offset 0
+    /// ([`ChunkHash::Subtree`]): the object's hash should it turn out to be the only chunk.
+    pub whole_hash: Option<[u8; 32]>,
+}
+
+/// How the hash recorded for a chunk is computed.
+///
+/// blake3 is a tree hash: an object's hash can be merged from the chaining values of its
+/// chunks ([`object_hash`]) when every chunk but the last is a whole power-of-two subtree.
+/// Recording those chaining values instead of each chunk's own hash verifies the chunks
+/// just as well and spares a second blake3 pass over the object on put and on get.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ChunkHash {
+    /// blake3 of the chunk alone (objects of one chunk; objects written without tree hashes).
+    Whole,
+    /// The blake3 chaining value of the chunk as the subtree of its object's tree that starts
+    /// `offset` bytes in (a multiple of [`blake3::CHUNK_LEN`]).
+    Subtree {
+        /// Bytes of the object before the chunk.
+        offset: u64,
+    },
+}
+
+impl ChunkHash {
+    /// The hash of `plain` as recorded, and (for the subtree at offset 0) its whole hash too.
+    pub fn hash(self, plain: &[u8]) -> Result<([u8; 32], Option<[u8; 32]>), CodecError> {
+        use blake3::hazmat::HasherExt;
+        match self {
+            ChunkHash::Whole => Ok((*blake3::hash(plain).as_bytes(), None)),
+            ChunkHash::Subtree { offset } => {
+                if offset % blake3::CHUNK_LEN as u64 != 0 {
+                    return Err(CodecError::InvalidParameters(format!(
+                        "subtree offset {offset} is not a multiple of {}",
+                        blake3::CHUNK_LEN
+                    )));
+                }
+                // blake3's hazmat functions panic on subtrees it cannot place: refuse them.
+                if plain.is_empty() {
+                    return Err(CodecError::InvalidParameters(
+                        "an empty chunk has no subtree hash".into(),
+                    ));
+                }
+                if blake3::hazmat::max_subtree_len(offset)
+                    .is_some_and(|max_bytes| plain.len() as u64 > max_bytes)
+                {
+                    return Err(CodecError::InvalidParameters(format!(
+                        "{} bytes do not form one subtree at offset {offset}",
+                        plain.len()
+                    )));
+                }
+                let mut hasher = blake3::Hasher::new();
+                hasher.set_input_offset(offset);
+                hasher.update(plain);
+                let whole = (offset == 0).then(|| *hasher.finalize().as_bytes());
+                Ok((hasher.finalize_non_root(), whole))
+            }
+        }
+    }
+}
+
+/// The blake3 hash of an object of `size` bytes from the recorded hashes of its chunks of
+/// `chunk_bytes` (a power of two, at least [`blake3::CHUNK_LEN`]): the chunks' own hash for
+/// an object of one chunk, else their subtree chaining values ([`ChunkHash::Subtree`]).
+pub fn object_hash(
+    chunk_hashes: &[[u8; 32]],
+    chunk_bytes: u64,
+    size: u64,
+) -> Result<[u8; 32], CodecError> {
+    use blake3::hazmat::{left_subtree_len, merge_subtrees_non_root, merge_subtrees_root, Mode};
+    if !chunk_bytes.is_power_of_two() || chunk_bytes < blake3::CHUNK_LEN as u64 {
+        return Err(CodecError::InvalidParameters(format!(
+            "tree hashes need a power-of-two chunk size of at least {}, not {chunk_bytes}",
+            blake3::CHUNK_LEN
+        )));
+    }
+    if chunk_hashes.len() as u64 != size.div_ceil(chunk_bytes) {
+        return Err(CodecError::InvalidParameters(format!(
+            "{} chunk hashes for {size} bytes in chunks of {chunk_bytes}",
+            chunk_hashes.len()
+        )));
+    }
+    // Every left subtree is a power of two of at least `chunk_bytes`, so splits fall on
+    // chunk boundaries; recursion depth is log2 of the chunk count.
+    fn subtree(hashes: &[[u8; 32]], chunk_bytes: u64, bytes: u64) -> [u8; 32] {
+        if hashes.len() <= 1 {
+            return hashes.first().copied().unwrap_or_default();
+        }
+        let left_bytes = left_subtree_len(bytes);
+        let left_chunks = (left_bytes / chunk_bytes) as usize;
+        let left = subtree(&hashes[..left_chunks], chunk_bytes, left_bytes);
+        let right = subtree(&hashes[left_chunks..], chunk_bytes, bytes - left_bytes);
+        merge_subtrees_non_root(&left, &right, Mode::Hash)
+    }
+    match chunk_hashes {
+        [] => Ok(*blake3::hash(b"").as_bytes()),
+        [only] => Ok(*only),
+        _ => {
+            let left_bytes = left_subtree_len(size);
+            let left_chunks = (left_bytes / chunk_bytes) as usize;
+            let left = subtree(&chunk_hashes[..left_chunks], chunk_bytes, left_bytes);
+            let right = subtree(&chunk_hashes[left_chunks..], chunk_bytes, size - left_bytes);
+            Ok(*merge_subtrees_root(&left, &right, Mode::Hash).as_bytes())
+        }
+    }
 }
 
 /// Bytes of each of the three samples that decide whether a large chunk is worth compressing.
@@ -440,11 +588,75 @@ fn worth_compressing(plain: &[u8]) -> bool {
     }
     let middle = plain.len() / 2 - COMPRESSION_SAMPLE_BYTES / 2;
     let tail = plain.len() - COMPRESSION_SAMPLE_BYTES;
-    [0, middle, tail].iter().any(|&start| {
-        let sample = &plain[start..start + COMPRESSION_SAMPLE_BYTES];
-        zstd::bulk::compress(sample, 1)
-            .is_ok_and(|compressed| compressed.len() < sample.len() * 97 / 100)
+    thread_local! {
+        // A compression context costs more to make than a sample costs to compress.
+        static SAMPLER: std::cell::RefCell<Option<zstd::bulk::Compressor<'static>>> =
+            const { std::cell::RefCell::new(None) };
+    }
+    SAMPLER.with(|sampler| {
+        let mut sampler = sampler.borrow_mut();
+        if sampler.is_none() {
+            *sampler = zstd::bulk::Compressor::new(1).ok();
+        }
+        let mut output = vec![0u8; zstd::zstd_safe::compress_bound(COMPRESSION_SAMPLE_BYTES)];
+        [0, middle, tail].iter().any(|&start| {
+            let sample = &plain[start..start + COMPRESSION_SAMPLE_BYTES];
+            match sampler.as_mut() {
+                Some(compressor) => compressor
+                    .compress_to_buffer(sample, &mut output)
+                    .is_ok_and(|bytes| bytes < sample.len() * 97 / 100),
+                None => zstd::bulk::compress(sample, 1)
+                    .is_ok_and(|compressed| compressed.len() < sample.len() * 97 / 100),
+            }
+        })
     })
+}
+
+/// Most spare frame buffers a [`Scratch`] keeps.
+pub const SCRATCH_FRAMES_MAX: usize = 2 * (DATA_SHARDS_MAX + PARITY_SHARDS_MAX);
+
+/// Buffers [`ChunkCodec::encode_reusing`] builds in, kept from one chunk to the next.
+#[derive(Debug, Default)]
+pub struct Scratch {
+    /// The sealed chunk's buffer.
+    pub sealed: Vec<u8>,
+    /// Spare frame buffers.
+    pub frames: Vec<Vec<u8>>,
+}
+
+impl Scratch {
+    /// Gives frames back once written (at most [`SCRATCH_FRAMES_MAX`] are kept).
+    pub fn recycle(&mut self, frames: impl IntoIterator<Item = Vec<u8>>) {
+        for frame in frames {
+            if self.frames.len() >= SCRATCH_FRAMES_MAX {
+                break;
+            }
+            self.frames.push(frame);
+        }
+    }
+
+    /// A buffer of exactly `bytes` bytes of unspecified content, reused when one is spare.
+    fn parity_frame(&mut self, bytes: usize) -> Vec<u8> {
+        let mut frame = self.frames.pop().unwrap_or_default();
+        if frame.len() >= bytes {
+            frame.truncate(bytes);
+        } else {
+            frame.resize(bytes, 0);
+        }
+        frame
+    }
+
+    /// An empty buffer of at least `capacity` bytes, reused when one is spare.
+    fn frame(&mut self, capacity: usize) -> Vec<u8> {
+        match self.frames.pop() {
+            Some(mut frame) => {
+                frame.clear();
+                frame.reserve(capacity);
+                frame
+            }
+            None => Vec::with_capacity(capacity),
+        }
+    }
 }
 
 /// Encodes and decodes chunks with one key and geometry.
@@ -481,36 +693,139 @@ impl ChunkCodec {
 
     /// Compresses (when it pays) and encrypts a chunk: `flags | nonce | ciphertext+tag`.
     pub fn seal(&self, place: ChunkPlace, plain: &[u8]) -> Result<Vec<u8>, CodecError> {
+        let mut sealed = Vec::new();
+        self.seal_into(place, plain, 0, &mut sealed)?;
+        Ok(sealed)
+    }
+
+    /// `plain` compressed, when compression is on and pays.
+    fn compress(&self, plain: &[u8]) -> Option<Vec<u8>> {
+        if self.compression_level <= 0 || plain.is_empty() || !worth_compressing(plain) {
+            return None;
+        }
+        zstd::bulk::compress(plain, self.compression_level)
+            .ok()
+            .filter(|compressed| compressed.len() < plain.len())
+    }
+
+    /// [`Self::encode_hashed`] of the plaintext in `buffer` after
+    /// [`IN_PLACE_HEADROOM_BYTES`] bytes of headroom. A chunk stored raw (most large data)
+    /// is encrypted where it lies, without being copied: `buffer` then holds the sealed
+    /// chunk, and the caller may reuse its allocation.
+    pub fn encode_in_place(
+        &self,
+        place: ChunkPlace,
+        buffer: &mut Vec<u8>,
+        hashing: ChunkHash,
+        scratch: &mut Scratch,
+    ) -> Result<EncodedChunk, CodecError> {
+        let Some(plain) = buffer.get(IN_PLACE_HEADROOM_BYTES..) else {
+            return Err(CodecError::InvalidParameters(format!(
+                "buffer of {} bytes has no room for the sealed chunk's header",
+                buffer.len()
+            )));
+        };
+        if plain.len() > CHUNK_BYTES_MAX {
+            return Err(CodecError::InvalidParameters(format!(
+                "chunk of {} bytes, more than {CHUNK_BYTES_MAX}",
+                plain.len()
+            )));
+        }
+        let plain_bytes = plain.len();
+        let (hash, whole_hash) = hashing.hash(plain)?;
+        let data_shards = self.reed_solomon.data_shards;
+        let room_bytes = TAG_BYTES + data_shards * (SHARD_ALIGN_BYTES + 1);
+        let info = |sealed_bytes: usize, shard_crcs| ChunkInfo {
+            hash,
+            plain_bytes: plain_bytes as u32,
+            sealed_bytes: sealed_bytes as u32,
+            shard_crcs,
+        };
+        if let Some(compressed) = self.compress(plain) {
+            let mut sealed = std::mem::take(&mut scratch.sealed);
+            sealed.clear();
+            sealed.reserve(SEALED_HEADER_BYTES + compressed.len() + room_bytes);
+            sealed.push(FLAG_COMPRESSED);
+            let mut aad = [0u8; 25];
+            aad[..24].copy_from_slice(&place.associated_data());
+            aad[24] = FLAG_COMPRESSED;
+            self.cipher
+                .seal_into(rand::random(), &aad, &compressed, &mut sealed);
+            let sealed_bytes = sealed.len();
+            let result = self.frame_sealed(&mut sealed, sealed_bytes, scratch);
+            scratch.sealed = sealed;
+            let (shards, shard_crcs) = result?;
+            return Ok(EncodedChunk {
+                info: info(sealed_bytes, shard_crcs),
+                shards,
+                whole_hash,
+            });
+        }
+        let nonce: [u8; NONCE_BYTES] = rand::random();
+        let mut aad = [0u8; 25];
+        aad[..24].copy_from_slice(&place.associated_data());
+        buffer[0] = 0;
+        buffer[1..SEALED_HEADER_BYTES].copy_from_slice(&nonce);
+        let tag = self
+            .cipher
+            .seal_in_place(nonce, &aad, &mut buffer[SEALED_HEADER_BYTES..]);
+        buffer.reserve(room_bytes);
+        buffer.extend_from_slice(&tag);
+        let sealed_bytes = buffer.len();
+        let (shards, shard_crcs) = self.frame_sealed(buffer, sealed_bytes, scratch)?;
+        Ok(EncodedChunk {
+            info: info(sealed_bytes, shard_crcs),
+            shards,
+            whole_hash,
+        })
+    }
+
+    /// [`Self::seal`] into `sealed` (cleared first), reserving `room_bytes` to spare (the
+    /// Reed-Solomon padding, so that padding never moves the sealed bytes).
+    fn seal_into(
+        &self,
+        place: ChunkPlace,
+        plain: &[u8],
+        room_bytes: usize,
+        sealed: &mut Vec<u8>,
+    ) -> Result<(), CodecError> {
         let mut flags = 0u8;
-        let compressed =
-            if self.compression_level > 0 && !plain.is_empty() && worth_compressing(plain) {
-                zstd::bulk::compress(plain, self.compression_level).ok()
-            } else {
-                None
-            };
+        let compressed = self.compress(plain);
         let body: &[u8] = match &compressed {
-            Some(compressed) if compressed.len() < plain.len() => {
+            Some(compressed) => {
                 flags |= FLAG_COMPRESSED;
                 compressed
             }
-            _ => plain,
+            None => plain,
         };
         let nonce_bytes: [u8; NONCE_BYTES] = rand::random();
         let mut aad = [0u8; 25];
         aad[..24].copy_from_slice(&place.associated_data());
         aad[24] = flags;
-        let mut sealed = Vec::with_capacity(SEALED_HEADER_BYTES + body.len() + TAG_BYTES);
+        sealed.clear();
+        sealed.reserve(SEALED_HEADER_BYTES + body.len() + TAG_BYTES + room_bytes);
         sealed.push(flags);
-        self.cipher.seal_into(nonce_bytes, &aad, body, &mut sealed);
-        Ok(sealed)
+        self.cipher.seal_into(nonce_bytes, &aad, body, sealed);
+        Ok(())
     }
 
-    /// Decrypts and decompresses a sealed chunk and checks its hash.
+    /// Decrypts and decompresses a sealed chunk and checks its hash (blake3 of the chunk).
     pub fn open(
         &self,
         place: ChunkPlace,
         sealed: &[u8],
         info: &ChunkInfo,
+    ) -> Result<Vec<u8>, CodecError> {
+        self.open_with(place, sealed, info, ChunkHash::Whole)
+    }
+
+    /// [`Self::open`] for a chunk whose recorded hash is computed as `hashing` says.
+    pub fn open_with(
+        &self,
+        place: ChunkPlace,
+        sealed: &[u8],
+        info: &ChunkInfo,
+        hashing: ChunkHash,
     ) -> Result<Vec<u8>, CodecError> {
         if sealed.len() < SEALED_HEADER_BYTES + TAG_BYTES {
             return Err(CodecError::Decrypt);
@@ -529,52 +844,144 @@ impl ChunkCodec {
         } else {
             body
         };
-        if plain.len() != info.plain_bytes as usize || *blake3::hash(&plain).as_bytes() != info.hash
-        {
+        if plain.len() != info.plain_bytes as usize || hashing.hash(&plain)?.0 != info.hash {
             return Err(CodecError::HashMismatch);
         }
         Ok(plain)
     }
 
     /// Encodes one plaintext chunk into k+m shard frames.
+    ///
+    /// Copies are kept to what the output needs: the sealed chunk is encrypted in place, the
+    /// data shards are slices of it copied once into their frames (checksummed block by
+    /// block as they are copied, while the bytes are in cache), and Reed-Solomon writes the
+    /// parity straight into the parity frames.
     pub fn encode(&self, place: ChunkPlace, plain: &[u8]) -> Result<EncodedChunk, CodecError> {
+        self.encode_reusing(place, plain, &mut Scratch::default())
+    }
+
+    /// [`Self::encode`] with buffers from `scratch`: the sealed chunk's buffer is put back
+    /// there, the frames are built in its spare buffers (callers hand written frames back
+    /// through [`Scratch::recycle`]). Fresh multi-megabyte buffers cost a page fault per
+    /// 4 KiB every time; reused ones do not.
+    pub fn encode_reusing(
+        &self,
+        place: ChunkPlace,
+        plain: &[u8],
+        scratch: &mut Scratch,
+    ) -> Result<EncodedChunk, CodecError> {
+        self.encode_hashed(place, plain, ChunkHash::Whole, scratch)
+    }
+
+    /// [`Self::encode_reusing`] with the chunk's hash computed as `hashing` says.
+    pub fn encode_hashed(
+        &self,
+        place: ChunkPlace,
+        plain: &[u8],
+        hashing: ChunkHash,
+        scratch: &mut Scratch,
+    ) -> Result<EncodedChunk, CodecError> {
         if plain.len() > CHUNK_BYTES_MAX {
             return Err(CodecError::InvalidParameters(format!(
                 "chunk of {} bytes, more than {CHUNK_BYTES_MAX}",
                 plain.len()
             )));
         }
-        let hash = *blake3::hash(plain).as_bytes();
-        let sealed = self.seal(place, plain)?;
-        let payloads = self.reed_solomon.encode(&sealed)?;
-        let header = |index: usize| ShardHeader {
-            codec: self.reed_solomon.id,
-            data_shards: self.reed_solomon.data_shards as u8,
-            parity_shards: self.reed_solomon.parity_shards as u8,
-            index: index as u8,
-        };
-        let mut shards = Vec::with_capacity(payloads.len());
-        let mut shard_crcs = Vec::with_capacity(payloads.len());
-        for (index, payload) in payloads.iter().enumerate() {
-            let (frame, crc) = frame_shard(header(index), payload);
-            if frame.len() > SHARD_BYTES_MAX {
-                return Err(CodecError::InvalidParameters(format!(
-                    "shard of {} bytes exceeds {SHARD_BYTES_MAX}: lower the chunk size or raise data shards",
-                    frame.len()
-                )));
-            }
-            shards.push(frame);
-            shard_crcs.push(crc);
-        }
+        let (hash, whole_hash) = hashing.hash(plain)?;
+        let reed_solomon = &self.reed_solomon;
+        let data_shards = reed_solomon.data_shards;
+        let mut sealed = std::mem::take(&mut scratch.sealed);
+        self.seal_into(
+            place,
+            plain,
+            data_shards * (SHARD_ALIGN_BYTES + 1),
+            &mut sealed,
+        )?;
+        let sealed_bytes = sealed.len();
+        let result = self.frame_sealed(&mut sealed, sealed_bytes, scratch);
+        scratch.sealed = sealed;
+        let (shards, shard_crcs) = result?;
         Ok(EncodedChunk {
             info: ChunkInfo {
                 hash,
                 plain_bytes: plain.len() as u32,
-                sealed_bytes: sealed.len() as u32,
+                sealed_bytes: sealed_bytes as u32,
                 shard_crcs,
             },
             shards,
+            whole_hash,
         })
+    }
+
+    /// Cuts a sealed chunk into k+m frames; returns them and their crcs.
+    fn frame_sealed(
+        &self,
+        sealed: &mut Vec<u8>,
+        sealed_bytes: usize,
+        scratch: &mut Scratch,
+    ) -> Result<(Vec<Vec<u8>>, Vec<u32>), CodecError> {
+        let reed_solomon = &self.reed_solomon;
+        let data_shards = reed_solomon.data_shards;
+        let total = data_shards + reed_solomon.parity_shards;
+        let shard_bytes = reed_solomon.shard_bytes(sealed_bytes);
+        if SHARD_HEADER_BYTES + shard_bytes > SHARD_BYTES_MAX {
+            return Err(CodecError::InvalidParameters(format!(
+                "shard of {} bytes exceeds {SHARD_BYTES_MAX}: lower the chunk size or raise data shards",
+                SHARD_HEADER_BYTES + shard_bytes
+            )));
+        }
+        // The last data shard is zero padded.
+        sealed.resize(data_shards * shard_bytes, 0);
+        let header = |index: usize| ShardHeader {
+            codec: reed_solomon.id,
+            data_shards: data_shards as u8,
+            parity_shards: reed_solomon.parity_shards as u8,
+            index: index as u8,
+        };
+        let mut shards: Vec<Vec<u8>> = Vec::with_capacity(total);
+        let mut shard_crcs = Vec::with_capacity(total);
+        for (index, payload) in sealed.chunks_exact(shard_bytes).enumerate() {
+            let mut frame = scratch.frame(SHARD_HEADER_BYTES + shard_bytes);
+            frame.extend_from_slice(&header_prefix(header(index), shard_bytes));
+            let mut hasher = crc32fast::Hasher::new();
+            hasher.update(&frame);
+            frame.extend_from_slice(&[0; 4]);
+            for block in payload.chunks(COPY_BLOCK_BYTES) {
+                frame.extend_from_slice(block);
+                hasher.update(block);
+            }
+            let crc = hasher.finalize();
+            frame[16..20].copy_from_slice(&crc.to_le_bytes());
+            shards.push(frame);
+            shard_crcs.push(crc);
+        }
+        let mut parity_frames: Vec<Vec<u8>> = (data_shards..total)
+            .map(|index| {
+                // Reed-Solomon overwrites every parity byte: a reused buffer keeps its old
+                // bytes instead of being zeroed first.
+                let mut frame = scratch.parity_frame(SHARD_HEADER_BYTES + shard_bytes);
+                frame[..16].copy_from_slice(&header_prefix(header(index), shard_bytes));
+                frame
+            })
+            .collect();
+        {
+            let data: Vec<&[u8]> = sealed.chunks_exact(shard_bytes).collect();
+            let mut parity: Vec<&mut [u8]> = parity_frames
+                .iter_mut()
+                .map(|frame| &mut frame[SHARD_HEADER_BYTES..])
+                .collect();
+            reed_solomon.parity_into(&data, &mut parity)?;
+        }
+        for mut frame in parity_frames {
+            let mut hasher = crc32fast::Hasher::new();
+            hasher.update(&frame[..16]);
+            hasher.update(&frame[SHARD_HEADER_BYTES..]);
+            let crc = hasher.finalize();
+            frame[16..20].copy_from_slice(&crc.to_le_bytes());
+            shards.push(frame);
+            shard_crcs.push(crc);
+        }
+        Ok((shards, shard_crcs))
     }
 
     /// Checks one shard frame against the chunk's metadata; returns its payload.
@@ -608,6 +1015,17 @@ impl ChunkCodec {
         info: &ChunkInfo,
         frames: &[Option<Vec<u8>>],
     ) -> Result<(Vec<u8>, Vec<usize>), CodecError> {
+        self.decode_with(place, info, frames, ChunkHash::Whole)
+    }
+
+    /// [`Self::decode`] for a chunk whose recorded hash is computed as `hashing` says.
+    pub fn decode_with(
+        &self,
+        place: ChunkPlace,
+        info: &ChunkInfo,
+        frames: &[Option<Vec<u8>>],
+        hashing: ChunkHash,
+    ) -> Result<(Vec<u8>, Vec<usize>), CodecError> {
         let (mut payloads, bad) = self.verified_payloads(info, frames);
         let data_shards = self.reed_solomon.data_shards;
         if payloads[..data_shards].iter().any(Option::is_none) {
@@ -624,7 +1042,7 @@ impl ChunkCodec {
             ));
         }
         sealed.truncate(sealed_bytes);
-        let plain = self.open(place, &sealed, info)?;
+        let plain = self.open_with(place, &sealed, info, hashing)?;
         Ok((plain, bad))
     }
 
@@ -744,6 +1162,79 @@ mod tests {
             prop_assert_eq!(plain, data);
             prop_assert_eq!(bad, vec![shard]);
         }
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig { cases: 64, .. ProptestConfig::default() })]
+        /// An object's hash merged from its chunks' subtree hashes is blake3 of the object.
+        #[test]
+        fn tree_hashes_merge_into_the_object_hash(
+            size in 0usize..40_000, chunk_log in 10u32..14, seed in any::<u8>(),
+        ) {
+            let chunk_bytes = 1usize << chunk_log;
+            let object: Vec<u8> = (0..size).map(|i| (i as u8).wrapping_mul(seed | 1)).collect();
+            let chunks: Vec<&[u8]> = object.chunks(chunk_bytes).collect();
+            let hashes: Vec<[u8; 32]> = if chunks.len() == 1 {
+                vec![ChunkHash::Whole.hash(chunks[0]).unwrap().0]
+            } else {
+                chunks
+                    .iter()
+                    .enumerate()
+                    .map(|(index, chunk)| {
+                        let offset = (index * chunk_bytes) as u64;
+                        let (hash, whole) = ChunkHash::Subtree { offset }.hash(chunk).unwrap();
+                        assert_eq!(whole.is_some(), offset == 0);
+                        hash
+                    })
+                    .collect()
+            };
+            let merged = object_hash(&hashes, chunk_bytes as u64, size as u64).unwrap();
+            prop_assert_eq!(merged, *blake3::hash(&object).as_bytes());
+        }
+    }
+
+    #[test]
+    fn subtree_hashes_need_aligned_offsets_and_chunk_sizes() {
+        assert!(ChunkHash::Subtree { offset: 1000 }.hash(b"x").is_err());
+        assert!(ChunkHash::Subtree { offset: 1024 }
+            .hash(&[0; 2048])
+            .is_err());
+        assert!(ChunkHash::Subtree { offset: 2048 }.hash(&[0; 2048]).is_ok());
+        assert!(object_hash(&[[0; 32]; 2], 3000, 6000).is_err());
+        assert!(object_hash(&[[0; 32]; 2], 1024, 5000).is_err());
+    }
+
+    #[test]
+    fn chunks_encoded_in_place_decode_like_any_other() {
+        let codec = codec(RsCodecId::DEFAULT, 4, 2);
+        let mut scratch = Scratch::default();
+        let random: Vec<u8> = (0..300_000).map(|_| rand::random::<u8>()).collect();
+        for plain in [Vec::new(), vec![0u8; 200_000], random] {
+            let mut buffer = vec![0xAA; IN_PLACE_HEADROOM_BYTES];
+            buffer.extend_from_slice(&plain);
+            let hashing = if plain.is_empty() {
+                assert!(ChunkHash::Subtree { offset: 0 }.hash(&plain).is_err());
+                ChunkHash::Whole
+            } else {
+                ChunkHash::Subtree { offset: 0 }
+            };
+            let encoded = codec
+                .encode_in_place(PLACE, &mut buffer, hashing, &mut scratch)
+                .unwrap();
+            if !plain.is_empty() {
+                assert_eq!(encoded.whole_hash, Some(*blake3::hash(&plain).as_bytes()));
+            }
+            let frames: Vec<Option<Vec<u8>>> = encoded.shards.iter().cloned().map(Some).collect();
+            let (decoded, bad) = codec
+                .decode_with(PLACE, &encoded.info, &frames, hashing)
+                .unwrap();
+            assert_eq!(decoded, plain);
+            assert!(bad.is_empty());
+            scratch.recycle(encoded.shards);
+        }
+        assert!(codec
+            .encode_in_place(PLACE, &mut vec![0; 5], ChunkHash::Whole, &mut scratch)
+            .is_err());
     }
 
     #[test]

@@ -25,6 +25,7 @@ const RECORD_HEADER_BYTES: usize = 16;
 const KIND_HEAD: u8 = 1;
 const KIND_PAGE: u8 = 2;
 const FLAG_DELETED: u8 = 1;
+const FLAG_TREE_HASHES: u8 = 2;
 
 /// Prefix of head keys; the object name follows.
 pub const HEAD_PREFIX: &[u8] = b"zs:m:";
@@ -75,6 +76,10 @@ pub struct ObjectHead {
     pub generation: u64,
     /// A tombstone: the object was deleted.
     pub deleted: bool,
+    /// Chunk hashes are blake3 subtree chaining values ([`crate::codec::ChunkHash::Subtree`])
+    /// and the content hash is merged from them; needs a power-of-two chunk size. Objects of
+    /// one chunk record its plain blake3 either way.
+    pub tree_hashes: bool,
     /// Plaintext bytes.
     pub size: u64,
     /// Plaintext bytes per chunk (the last may be shorter).
@@ -281,7 +286,14 @@ pub fn head_body(head: &ObjectHead) -> Vec<u8> {
         Vec::with_capacity(128 + head.backends.iter().map(|b| b.len() + 2).sum::<usize>());
     body.extend_from_slice(&head.object_id);
     body.extend_from_slice(&head.generation.to_le_bytes());
-    body.push(if head.deleted { FLAG_DELETED } else { 0 });
+    let mut flags = 0;
+    if head.deleted {
+        flags |= FLAG_DELETED;
+    }
+    if head.tree_hashes {
+        flags |= FLAG_TREE_HASHES;
+    }
+    body.push(flags);
     body.extend_from_slice(&head.size.to_le_bytes());
     body.extend_from_slice(&head.chunk_bytes.to_le_bytes());
     body.push(head.data_shards);
@@ -310,7 +322,7 @@ pub fn parse_head_body(name: &[u8], body: &[u8]) -> Result<ObjectHead, MetaError
     let object_id = reader.array::<16>()?;
     let generation = reader.u64()?;
     let flags = reader.u8()?;
-    if flags & !FLAG_DELETED != 0 {
+    if flags & !(FLAG_DELETED | FLAG_TREE_HASHES) != 0 {
         return Err(MetaError::Corrupt(format!(
             "head record has unknown flags {flags:#04x}"
         )));
@@ -345,6 +357,7 @@ pub fn parse_head_body(name: &[u8], body: &[u8]) -> Result<ObjectHead, MetaError
         object_id,
         generation,
         deleted: flags & FLAG_DELETED != 0,
+        tree_hashes: flags & FLAG_TREE_HASHES != 0,
         size,
         chunk_bytes,
         data_shards,
@@ -370,7 +383,9 @@ pub fn parse_head_body(name: &[u8], body: &[u8]) -> Result<ObjectHead, MetaError
             || parity_shards == 0
             || data_shards as usize > DATA_SHARDS_MAX
             || parity_shards as usize > PARITY_SHARDS_MAX
-            || head.backends.len() < total_shards)
+            || head.backends.len() < total_shards
+            || (head.tree_hashes
+                && (!chunk_bytes.is_power_of_two() || (chunk_bytes as usize) < blake3::CHUNK_LEN)))
     {
         return Err(MetaError::Corrupt(
             "head record fields are inconsistent".into(),
@@ -473,6 +488,7 @@ mod tests {
             object_id: [9; 16],
             generation: 77,
             deleted: false,
+            tree_hashes: false,
             size: chunk_count * 1000,
             chunk_bytes: 1000,
             data_shards: 4,

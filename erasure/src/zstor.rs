@@ -18,7 +18,10 @@ use futures::stream::{FuturesOrdered, FuturesUnordered, StreamExt};
 use serde::{Deserialize, Serialize};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
-use crate::codec::{ChunkCodec, ChunkPlace, CodecError, ReedSolomon, RsCodecId};
+use crate::codec::{
+    ChunkCodec, ChunkHash, ChunkPlace, CodecError, EncodedChunk, ReedSolomon, RsCodecId, Scratch,
+    IN_PLACE_HEADROOM_BYTES,
+};
 use crate::config::{backend_address, Config, ConfigError};
 use crate::meta::{self, ChunkEntry, MetaCodec, MetaError, ObjectHead, Page, CHUNKS_PER_PAGE};
 use crate::queue::RepairQueue;
@@ -243,6 +246,74 @@ pub struct BackendStatus {
     pub free_bytes: Option<u64>,
 }
 
+/// Buffers reused from one chunk to the next (plaintext chunks, sealed chunks, frames), so
+/// a large put does not fault in fresh pages for every chunk. Bounded: beyond
+/// [`POOLED_BUFFERS_MAX`] of a kind, returned buffers are freed.
+#[derive(Debug, Default)]
+struct BufferPool {
+    plain: std::sync::Mutex<Vec<Vec<u8>>>,
+    sealed: std::sync::Mutex<Vec<Vec<u8>>>,
+    frames: std::sync::Mutex<Vec<Vec<u8>>>,
+}
+
+/// Room beyond a chunk's bytes in a read buffer: headroom, tag, Reed-Solomon padding, and
+/// the few bytes `read_to_end` wants free before it sees the end of a chunk.
+const CHUNK_SLACK_BYTES: usize = 64 * 1024;
+
+/// Most buffers of one kind a pool keeps (frames: this many per shard of a chunk).
+const POOLED_BUFFERS_MAX: usize = CHUNKS_IN_FLIGHT + 2;
+
+fn lock<T>(mutex: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+impl BufferPool {
+    /// A buffer holding [`IN_PLACE_HEADROOM_BYTES`] of headroom, with room for a chunk of
+    /// `chunk_bytes` and what sealing adds, so neither reading nor sealing reallocates.
+    fn take_plain(&self, chunk_bytes: usize) -> Vec<u8> {
+        let mut buffer = lock(&self.plain).pop().unwrap_or_default();
+        buffer.clear();
+        buffer.reserve(chunk_bytes + CHUNK_SLACK_BYTES);
+        buffer.resize(IN_PLACE_HEADROOM_BYTES, 0);
+        buffer
+    }
+
+    fn put_plain(&self, buffer: Vec<u8>) {
+        let mut plain = lock(&self.plain);
+        if plain.len() < POOLED_BUFFERS_MAX {
+            plain.push(buffer);
+        }
+    }
+
+    fn take_scratch(&self, frame_count: usize) -> Scratch {
+        let sealed = lock(&self.sealed).pop().unwrap_or_default();
+        let mut frames = lock(&self.frames);
+        let keep = frames.len().saturating_sub(frame_count);
+        Scratch {
+            sealed,
+            frames: frames.split_off(keep),
+        }
+    }
+
+    fn put_scratch(&self, scratch: Scratch, frame_count: usize) {
+        {
+            let mut sealed = lock(&self.sealed);
+            if sealed.len() < POOLED_BUFFERS_MAX {
+                sealed.push(scratch.sealed);
+            }
+        }
+        self.put_frames(scratch.frames, frame_count);
+    }
+
+    fn put_frames(&self, returned: Vec<Vec<u8>>, frame_count: usize) {
+        let mut frames = lock(&self.frames);
+        let room = (POOLED_BUFFERS_MAX * frame_count).saturating_sub(frames.len());
+        frames.extend(returned.into_iter().take(room));
+    }
+}
+
 struct ShardFetch {
     index: usize,
     result: Result<Option<Vec<u8>>, StoreError>,
@@ -257,6 +328,7 @@ pub struct Zstor {
     meta: MetaCodec,
     backends: Vec<Backend>,
     queue: RepairQueue,
+    buffers: Arc<BufferPool>,
 }
 
 async fn timed<T>(
@@ -367,6 +439,7 @@ impl Zstor {
             codec,
             backends: interleave_groups(backends),
             queue,
+            buffers: Arc::default(),
             config,
         })
     }
@@ -451,7 +524,12 @@ impl Zstor {
         let object_id: [u8; 16] = rand::random();
         let generation = now_nanos().max(previous.as_ref().map_or(0, |head| head.generation + 1));
         let chunk_bytes = self.config.chunk_size;
+        // With power-of-two chunks the object's blake3 is merged from the chunks' subtree
+        // hashes (codec::object_hash): one hashing pass over the data instead of two.
+        let tree_hashes = chunk_bytes.is_power_of_two() && chunk_bytes >= blake3::CHUNK_LEN;
         let mut hasher = blake3::Hasher::new();
+        let mut first_whole_hash = None;
+        let mut stored_bytes = 0u64;
         let mut size = 0u64;
         let mut chunk_count = 0u64;
         let mut entries: Vec<ChunkEntry> = Vec::new();
@@ -460,7 +538,7 @@ impl Zstor {
         let mut pending = FuturesOrdered::new();
         let outcome: Result<(), ZstorError> = async {
             loop {
-                let mut buffer = Vec::with_capacity(chunk_bytes);
+                let mut buffer = self.buffers.take_plain(chunk_bytes);
                 let read = (&mut input)
                     .take(chunk_bytes as u64)
                     .read_to_end(&mut buffer)
@@ -470,27 +548,34 @@ impl Zstor {
                         source,
                     })?;
                 if read > 0 {
-                    hasher.update(&buffer);
+                    let hashing = if tree_hashes {
+                        ChunkHash::Subtree { offset: size }
+                    } else {
+                        hasher.update(&buffer[IN_PLACE_HEADROOM_BYTES..]);
+                        ChunkHash::Whole
+                    };
                     size += read as u64;
-                    pending.push_back(self.store_chunk(object_id, chunk_count, buffer));
+                    // Encoding starts now, on a blocking thread, not when the write future
+                    // is first polled: reading, hashing and earlier writes overlap it.
+                    let encoding = self.start_encode(object_id, chunk_count, buffer, hashing);
+                    pending.push_back(self.store_chunk(object_id, chunk_count, encoding));
                     chunk_count += 1;
                 }
                 while pending.len() >= CHUNKS_IN_FLIGHT
                     || (read < chunk_bytes && !pending.is_empty())
                 {
                     if let Some(result) = pending.next().await {
-                        let (entry, failures): (ChunkEntry, Vec<String>) = result?;
+                        let (entry, failures, whole_hash) = result?;
                         if !failures.is_empty() {
                             degraded_chunks += 1;
                             failed_backends.extend(failures);
                         }
+                        if entries.is_empty() {
+                            first_whole_hash = whole_hash;
+                        }
+                        stored_bytes += entry.info.plain_bytes as u64;
                         entries.push(entry);
-                        progress(
-                            entries
-                                .iter()
-                                .map(|entry| entry.info.plain_bytes as u64)
-                                .sum(),
-                        );
+                        progress(stored_bytes);
                     }
                 }
                 if read < chunk_bytes {
@@ -500,11 +585,34 @@ impl Zstor {
         }
         .await;
         drop(pending);
+        let (outcome, content_hash) = match outcome {
+            Err(error) => (Err(error), [0; 32]),
+            Ok(()) if tree_hashes => {
+                // An object of one chunk records that chunk's own blake3, its content hash.
+                if let ([entry], Some(whole)) = (&mut entries[..], first_whole_hash) {
+                    entry.info.hash = whole;
+                }
+                let hashes: Vec<[u8; 32]> = entries.iter().map(|entry| entry.info.hash).collect();
+                match crate::codec::object_hash(&hashes, chunk_bytes as u64, size) {
+                    Ok(hash) => (Ok(()), hash),
+                    Err(source) => (
+                        Err(ZstorError::Codec {
+                            name: display_name(name),
+                            chunk: 0,
+                            source,
+                        }),
+                        [0; 32],
+                    ),
+                }
+            }
+            Ok(()) => (Ok(()), *hasher.finalize().as_bytes()),
+        };
         let head = ObjectHead {
             name: name.to_vec(),
             object_id,
             generation,
             deleted: false,
+            tree_hashes,
             size,
             chunk_bytes: chunk_bytes as u32,
             data_shards: self.config.data_shards as u8,
@@ -512,7 +620,7 @@ impl Zstor {
             codec: self.codec.reed_solomon().id(),
             chunk_count,
             page_count: chunk_count.div_ceil(CHUNKS_PER_PAGE as u64) as u32,
-            content_hash: *hasher.finalize().as_bytes(),
+            content_hash,
             backends: self
                 .backends
                 .iter()
@@ -559,19 +667,40 @@ impl Zstor {
             .collect()
     }
 
-    /// Encodes one chunk and writes its shards; returns its entry and the failed writes.
-    async fn store_chunk(
+    /// Starts encoding one chunk on a blocking thread.
+    fn start_encode(
         &self,
         object_id: [u8; 16],
         chunk: u64,
         plain: Vec<u8>,
-    ) -> Result<(ChunkEntry, Vec<String>), ZstorError> {
+        hashing: ChunkHash,
+    ) -> tokio::task::JoinHandle<Result<EncodedChunk, CodecError>> {
         let codec = self.codec.clone();
+        let buffers = self.buffers.clone();
         let place = ChunkPlace {
             object_id,
             chunk_index: chunk,
         };
-        let encoded = tokio::task::spawn_blocking(move || codec.encode(place, &plain))
+        let frame_count = self.config.data_shards + self.config.parity_shards;
+        tokio::task::spawn_blocking(move || {
+            let mut scratch = buffers.take_scratch(frame_count);
+            let mut plain = plain;
+            let encoded = codec.encode_in_place(place, &mut plain, hashing, &mut scratch);
+            buffers.put_plain(plain);
+            buffers.put_scratch(scratch, frame_count);
+            encoded
+        })
+    }
+
+    /// Waits for one chunk's encoding and writes its shards; returns its entry, the failed
+    /// writes and the chunk's whole blake3 when it was hashed as the first subtree.
+    async fn store_chunk(
+        &self,
+        object_id: [u8; 16],
+        chunk: u64,
+        encoding: tokio::task::JoinHandle<Result<EncodedChunk, CodecError>>,
+    ) -> Result<(ChunkEntry, Vec<String>, Option<[u8; 32]>), ZstorError> {
+        let encoded = encoding
             .await
             .map_err(|e| ZstorError::Io {
                 context: "chunk encoder".into(),
@@ -594,6 +723,8 @@ impl Zstor {
         });
         let results = futures::future::join_all(writes).await;
         let failures: Vec<String> = results.into_iter().filter_map(Result::err).collect();
+        let frame_count = encoded.shards.len();
+        self.buffers.put_frames(encoded.shards, frame_count);
         let stored = placement.len() - failures.len();
         let needed = self.config.write_threshold();
         if stored < needed {
@@ -610,6 +741,7 @@ impl Zstor {
                 placement: placement.iter().map(|&index| index as u16).collect(),
             },
             failures,
+            encoded.whole_hash,
         ))
     }
 
@@ -801,7 +933,9 @@ impl Zstor {
             };
             let (plain, bad) = result?;
             bad_shards += bad as u64;
-            hasher.update(&plain);
+            if !head.tree_hashes {
+                hasher.update(&plain);
+            }
             output
                 .write_all(&plain)
                 .await
@@ -816,7 +950,21 @@ impl Zstor {
             context: format!("writing object {:?}", display_name(name)),
             source,
         })?;
-        if *hasher.finalize().as_bytes() != head.content_hash || written != head.size {
+        // Tree hashes: every chunk matched its recorded subtree hash, so the object is what
+        // was stored when those merge into the content hash.
+        let content_hash = if head.tree_hashes {
+            let hashes: Vec<[u8; 32]> = entries.iter().map(|entry| entry.info.hash).collect();
+            crate::codec::object_hash(&hashes, head.chunk_bytes as u64, head.size).map_err(
+                |source| ZstorError::Codec {
+                    name: display_name(name),
+                    chunk: head.chunk_count,
+                    source,
+                },
+            )?
+        } else {
+            *hasher.finalize().as_bytes()
+        };
+        if content_hash != head.content_hash || written != head.size {
             return Err(ZstorError::Codec {
                 name: display_name(name),
                 chunk: head.chunk_count,
@@ -919,12 +1067,18 @@ impl Zstor {
             object_id: head.object_id,
             chunk_index: chunk,
         };
-        let decoded = tokio::task::spawn_blocking(move || codec.decode(place, &info, &frames))
-            .await
-            .map_err(|e| ZstorError::Io {
-                context: "chunk decoder".into(),
-                source: std::io::Error::other(e.to_string()),
-            })?;
+        let hashing = chunk_hashing(head, chunk).map_err(|source| ZstorError::Codec {
+            name: display_name(&head.name),
+            chunk,
+            source,
+        })?;
+        let decoded =
+            tokio::task::spawn_blocking(move || codec.decode_with(place, &info, &frames, hashing))
+                .await
+                .map_err(|e| ZstorError::Io {
+                    context: "chunk decoder".into(),
+                    source: std::io::Error::other(e.to_string()),
+                })?;
         let (plain, _) = decoded.map_err(|source| ZstorError::Codec {
             name: display_name(&head.name),
             chunk,
@@ -1337,6 +1491,17 @@ impl Zstor {
         });
         statuses
     }
+}
+
+/// How the hash recorded for chunk `chunk` of `head` was computed.
+fn chunk_hashing(head: &ObjectHead, chunk: u64) -> Result<ChunkHash, CodecError> {
+    if !head.tree_hashes || head.chunk_count == 1 {
+        return Ok(ChunkHash::Whole);
+    }
+    let offset = chunk
+        .checked_mul(head.chunk_bytes as u64)
+        .ok_or_else(|| CodecError::InvalidParameters(format!("chunk {chunk} is out of range")))?;
+    Ok(ChunkHash::Subtree { offset })
 }
 
 fn paginate(entries: Vec<ChunkEntry>) -> Vec<Page> {

@@ -110,13 +110,21 @@ proptest! {
             Just(CHUNK_BYTES * 9 + 17), 0usize..CHUNK_BYTES * 5,
         ],
         seed in any::<u64>(),
+        power_of_two_chunks in any::<bool>(),
     ) {
-        let cluster = Cluster::new(seed);
+        let mut cluster = Cluster::new(seed);
+        // Power-of-two chunks record tree hashes; others hash the object a second time.
+        if !power_of_two_chunks {
+            cluster.config.chunk_size = CHUNK_BYTES - 1000;
+        }
         let zstor = cluster.zstor();
         let data = random_bytes(seed, size);
         runtime().block_on(async {
             let report = zstor.put_bytes(b"object", &data).await.unwrap();
             assert_eq!(report.size, size as u64);
+            assert_eq!(report.blake3, blake3::hash(&data).to_hex().as_str());
+            let head = zstor.read_head(b"object").await.unwrap();
+            assert_eq!(head.tree_hashes, power_of_two_chunks);
             assert_eq!(report.degraded_chunks, 0);
             assert_eq!(zstor.get_bytes(b"object").await.unwrap(), data, "seed {seed}");
         });

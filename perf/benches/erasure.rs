@@ -1,7 +1,10 @@
 //! zstor's chunk pipeline, stage by stage, beside its limits and alternatives, in one run:
 //! memcpy of the same bytes, blake3, zstd at the default level, AES-256-GCM, Reed-Solomon
 //! encode and reconstruct at 4+2, 8+4 and 16+4 (reed-solomon-erasure with and without its
-//! SIMD feature, reed-solomon-simd), and the whole chunk encode and decode.
+//! SIMD feature, reed-solomon-simd), crc32, and the whole chunk encode and decode on one
+//! core; then the whole put pipeline (`Zstor::put` of a 64 MiB object over six stores that
+//! drop what they are given) on every core, beside AES-256-GCM, its slowest necessary stage,
+//! on one core and on every core.
 //!
 //! Run with `perf/erasure-bench.sh`, which writes `perf/results/erasure.md`.
 #![allow(clippy::unwrap_used)]
@@ -12,7 +15,13 @@ use std::time::Duration;
 use aes_gcm::aead::{Aead, KeyInit};
 use aes_gcm::{Aes256Gcm, Nonce};
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
+use std::sync::Arc;
+
 use erasure::codec::{ChunkCodec, ChunkPlace, ReedSolomon, RsCodecId};
+use erasure::config::{BackendConfig, Config};
+use erasure::store::StoreError;
+use erasure::zstor::{Backend, Zstor};
+use erasure::ChunkStore;
 
 const CHUNK_BYTES: usize = 4 * 1024 * 1024;
 const GEOMETRIES: [(usize, usize); 3] = [(4, 2), (8, 4), (16, 4)];
@@ -53,6 +62,7 @@ fn stages(c: &mut Criterion) {
         b.iter(|| target.copy_from_slice(black_box(&data)))
     });
     group.bench_function("blake3", |b| b.iter(|| blake3::hash(black_box(&data))));
+    group.bench_function("crc32", |b| b.iter(|| crc32fast::hash(black_box(&data))));
     group.bench_function("zstd-3", |b| {
         b.iter(|| zstd::bulk::compress(black_box(&data), 3).map(|out| out.len()))
     });
@@ -183,6 +193,116 @@ fn pipeline(c: &mut Criterion) {
     group.finish();
 }
 
+/// A store that keeps nothing: the whole put pipeline without the network.
+#[derive(Debug)]
+struct NullStore(String);
+
+#[async_trait::async_trait]
+impl ChunkStore for NullStore {
+    async fn get(&self, _id: &[u8]) -> Result<Option<Vec<u8>>, StoreError> {
+        Ok(None)
+    }
+    async fn put(&self, _id: &[u8], data: &[u8]) -> Result<(), StoreError> {
+        black_box(data.len());
+        Ok(())
+    }
+    async fn exists(&self, _id: &[u8]) -> Result<bool, StoreError> {
+        Ok(false)
+    }
+    async fn delete(&self, _id: &[u8]) -> Result<bool, StoreError> {
+        Ok(false)
+    }
+    fn url(&self) -> String {
+        self.0.clone()
+    }
+    fn is_read_only(&self) -> bool {
+        false
+    }
+}
+
+const OBJECT_BYTES: usize = 64 * 1024 * 1024;
+
+fn cores() -> usize {
+    std::thread::available_parallelism().map_or(1, |count| count.get())
+}
+
+/// The whole put (read, object hash, chunk hash, zstd sampling, AES-256-GCM, Reed-Solomon,
+/// crc32, frames, metadata) on a runtime with a worker per core, beside AES-256-GCM alone
+/// on one core and on every core (one chunk per core per iteration).
+fn whole_put(c: &mut Criterion) {
+    let chunk = chunk();
+    let object: Vec<u8> = (0..OBJECT_BYTES / CHUNK_BYTES)
+        .flat_map(|index| chunk.iter().map(move |byte| byte.wrapping_add(index as u8)))
+        .collect();
+    let cores = cores();
+    let mut group = c.benchmark_group("put-4+2");
+    group.throughput(Throughput::Bytes(OBJECT_BYTES as u64));
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(cores)
+        .enable_all()
+        .build()
+        .unwrap();
+    let urls: Vec<String> = (0..6).map(|index| format!("dir:///null/{index}")).collect();
+    let config = Config::generate(
+        4,
+        2,
+        urls.iter()
+            .map(|url| BackendConfig {
+                url: url.clone(),
+                group: None,
+            })
+            .collect(),
+    )
+    .unwrap();
+    let backends = urls
+        .iter()
+        .map(|url| Backend {
+            address: erasure::config::backend_address(url),
+            group: None,
+            store: Arc::new(NullStore(url.clone())) as Arc<dyn ChunkStore>,
+        })
+        .collect();
+    let zstor = Zstor::with_backends(config, backends).unwrap();
+    group.bench_function(
+        BenchmarkId::new("whole-put", format!("{cores}-cores")),
+        |b| {
+            b.iter(|| {
+                runtime
+                    .block_on(zstor.put(b"bench", black_box(&object[..]), &|_| {}))
+                    .unwrap()
+            })
+        },
+    );
+    group.finish();
+
+    let mut group = c.benchmark_group("aes-256-gcm-ring");
+    let key = ring::aead::LessSafeKey::new(
+        ring::aead::UnboundKey::new(&ring::aead::AES_256_GCM, &[7u8; 32]).unwrap(),
+    );
+    let seal = |buffer: &mut Vec<u8>| {
+        buffer.clear();
+        buffer.extend_from_slice(&chunk);
+        let nonce = ring::aead::Nonce::assume_unique_for_key([1; 12]);
+        key.seal_in_place_append_tag(nonce, ring::aead::Aad::empty(), black_box(buffer))
+            .unwrap();
+    };
+    group.throughput(Throughput::Bytes((cores * CHUNK_BYTES) as u64));
+    group.bench_function(
+        BenchmarkId::new("all-cores", format!("{cores}-cores")),
+        |b| {
+            let mut buffers = vec![Vec::with_capacity(CHUNK_BYTES + 16); cores];
+            b.iter(|| {
+                std::thread::scope(|scope| {
+                    for buffer in buffers.iter_mut() {
+                        scope.spawn(|| seal(buffer));
+                    }
+                })
+            })
+        },
+    );
+    group.finish();
+}
+
 fn config() -> Criterion {
     Criterion::default()
         .sample_size(10)
@@ -193,6 +313,6 @@ fn config() -> Criterion {
 criterion_group! {
     name = benches;
     config = config();
-    targets = stages, reed_solomon, pipeline
+    targets = stages, reed_solomon, pipeline, whole_put
 }
 criterion_main!(benches);

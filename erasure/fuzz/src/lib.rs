@@ -14,8 +14,8 @@
 //!   crc (the seeds are real records sealed with [`FUZZ_KEY`]).
 
 use erasure::codec::{
-    frame_shard, parse_shard, ChunkCodec, ChunkInfo, ChunkPlace, CodecError, ReedSolomon,
-    RsCodecId, KEY_BYTES, SHARD_HEADER_BYTES,
+    frame_shard, parse_shard, ChunkCodec, ChunkHash, ChunkInfo, ChunkPlace, CodecError,
+    ReedSolomon, RsCodecId, Scratch, KEY_BYTES, SHARD_HEADER_BYTES,
 };
 use erasure::meta::{self, ChunkEntry, MetaCodec, ObjectHead, Page, CHUNKS_PER_PAGE};
 
@@ -119,7 +119,8 @@ pub fn check_shard(data: &[u8]) {
     fix_shard_crc(&mut fixed);
     check_parse_shard(&fixed);
 
-    // Layout: codec and geometry, one fate byte per shard, then the plaintext / material.
+    // Layout: config (bit 0 codec, bit 1 zstd, bit 2 subtree hash), k-1, m-1, one fate byte
+    // per shard, then the plaintext / material.
     let [config, k_byte, m_byte, rest @ ..] = data else {
         return;
     };
@@ -146,7 +147,15 @@ pub fn check_shard(data: &[u8]) {
         object_id: [config.wrapping_mul(31); 16],
         chunk_index: u64::from(*k_byte),
     };
-    let encoded = match codec.encode(place, plain) {
+    // Bit 2: the chunk's hash is its blake3 subtree hash at a 4 MiB-aligned offset.
+    let hashing = if config & 4 != 0 && !plain.is_empty() {
+        ChunkHash::Subtree {
+            offset: u64::from(*k_byte) << 22,
+        }
+    } else {
+        ChunkHash::Whole
+    };
+    let encoded = match codec.encode_hashed(place, plain, hashing, &mut Scratch::default()) {
         Ok(encoded) => encoded,
         Err(error) => panic!("encoding {} bytes: {error}", plain.len()),
     };
@@ -188,7 +197,7 @@ pub fn check_shard(data: &[u8]) {
         .zip(&encoded.shards)
         .filter(|(frame, original)| frame.as_ref() == Some(original))
         .count();
-    match codec.decode(place, &info, &frames) {
+    match codec.decode_with(place, &info, &frames, hashing) {
         Ok((decoded, _bad)) => assert!(
             decoded == plain,
             "decode returned {} bytes that are not the {}-byte chunk ({data_shards}+{parity_shards}, {id:?}, fates {fates:?})",
@@ -251,6 +260,7 @@ pub fn page_head(chunk_count: u64) -> ObjectHead {
         object_id: [0x11; 16],
         generation: 1,
         deleted: false,
+        tree_hashes: chunk_count % 2 == 1,
         size: chunk_count * 4096,
         chunk_bytes: 4096,
         data_shards: 4,
