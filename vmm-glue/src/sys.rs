@@ -165,6 +165,14 @@ impl QueueIo for Ring {
         );
     }
 
+    fn reap_ready(&mut self, out: &mut Vec<(u64, i32)>) {
+        // The kernel posts a completion before it signals the eventfd, so clearing the
+        // eventfd and then draining never loses a wake-up; an empty queue costs no syscall.
+        if !self.ring.completion().is_empty() {
+            self.reap(out);
+        }
+    }
+
     fn wait_all(&mut self, count: usize, out: &mut Vec<(u64, i32)>) -> io::Result<()> {
         let target = out.len() + count;
         while out.len() < target {
@@ -272,6 +280,12 @@ impl QueueIo for SyncIo {
         // A failed read only means the counter was already zero.
         let _ = self.completion_event.read();
         out.append(&mut self.completed);
+    }
+
+    fn reap_ready(&mut self, out: &mut Vec<(u64, i32)>) {
+        if !self.completed.is_empty() {
+            self.reap(out);
+        }
     }
 
     fn wait_all(&mut self, count: usize, out: &mut Vec<(u64, i32)>) -> io::Result<()> {

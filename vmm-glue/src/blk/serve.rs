@@ -9,13 +9,14 @@ use std::os::unix::fs::FileTypeExt;
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::time::Duration;
 
 use vhost::vhost_user::Listener;
 use vhost_user_backend::VhostUserDaemon;
 use vm_memory::{GuestMemoryAtomic, GuestMemoryMmap};
 use vmm_sys_util::epoll::EventSet;
 
-use super::backend::{BlkBackend, Device};
+use super::backend::{BlkBackend, Device, POLL_IDLE_DEFAULT};
 use crate::crypto::{VolumeKey, SECTOR_BYTES};
 use crate::sys;
 use crate::volume::{Volume, VolumeError};
@@ -56,6 +57,8 @@ pub enum ServeError {
     VhostUser(String),
     #[error("io_uring or eventfd setup: {0}")]
     Setup(std::io::Error),
+    #[error("{0}")]
+    BadSetting(String),
 }
 
 /// Opens everything a serve needs, failing early with a clear error: the volume (locked),
@@ -78,7 +81,30 @@ pub fn prepare(config: &ServeConfig) -> Result<Arc<Device>, ServeError> {
         serial: volume.metadata.serial,
         read_only: config.read_only,
         direct: config.direct,
+        poll_idle: poll_idle_from_env()?,
     }))
+}
+
+/// Environment variable overriding the queue polling window, in microseconds (0: off).
+pub const POLL_IDLE_ENV: &str = "ZOS_BLK_POLL_US";
+/// Largest polling window accepted from [`POLL_IDLE_ENV`].
+pub const POLL_IDLE_MAX: Duration = Duration::from_millis(1);
+
+fn poll_idle_from_env() -> Result<Duration, ServeError> {
+    let Ok(text) = std::env::var(POLL_IDLE_ENV) else {
+        return Ok(POLL_IDLE_DEFAULT);
+    };
+    text.trim()
+        .parse::<u64>()
+        .ok()
+        .map(Duration::from_micros)
+        .filter(|window| *window <= POLL_IDLE_MAX)
+        .ok_or_else(|| {
+            ServeError::BadSetting(format!(
+                "{POLL_IDLE_ENV}={text:?}: expected microseconds from 0 to {}",
+                POLL_IDLE_MAX.as_micros()
+            ))
+        })
 }
 
 /// Refuses a socket path another server listens on, or a path that is not a socket; a
