@@ -230,6 +230,33 @@ fn start_list_stop_with_share_and_ssh_key() {
     let error = env.err(&as_refs(&start("taken", &[])));
     assert!(error.contains("disk.sock is taken"), "{error}");
 
+    // A root filesystem without /sbin/init: the guest's init says so, start fails with the
+    // console's last lines, and nothing of the VM keeps running.
+    let empty_root = work.path().join("empty-root");
+    std::fs::create_dir_all(&empty_root).unwrap();
+    let error = env.err(&[
+        "vm",
+        "start",
+        "-n",
+        "broken",
+        "--mem",
+        "256M",
+        "--disksize",
+        "16M",
+        "--root-dir",
+        empty_root.to_str().unwrap(),
+        "--accel",
+        &env.accel,
+    ]);
+    assert!(
+        error.contains("ZOS-VM-FAILED: no /sbin/init") && error.contains("last console lines"),
+        "{error}"
+    );
+    let broken = env.vm("broken");
+    assert_eq!(broken["state"], "failed", "{broken}");
+    assert!(broken["processes"].as_array().unwrap().is_empty());
+    assert!(sockets_in(&env.state_dir.join("broken")).is_empty());
+
     // Two VMs at once.
     let output = env.ok(&as_refs(&start(
         "vm-a",

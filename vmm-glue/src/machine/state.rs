@@ -19,7 +19,8 @@
 //!   disk, disk.zosvol  the data disk volume (unless --disk put it elsewhere)
 //! ```
 //! Runtime files go away when the VM stops; the logs and the data disk stay until
-//! `zos vm stop --rm`.
+//! `zos vm stop --rm`. Both JSON files carry `format_version` ([`FORMAT_VERSION`]); a reader
+//! refuses another version with an error naming the file.
 
 use std::fs::File;
 use std::path::{Path, PathBuf};
@@ -226,15 +227,43 @@ impl VmPaths {
     }
 }
 
+/// The version of `spec.json` and `status.json`: a field beside the content, checked on
+/// every read.
+pub const FORMAT_VERSION: u32 = 1;
+
+#[derive(Serialize, Deserialize)]
+struct Versioned<T> {
+    format_version: u32,
+    #[serde(flatten)]
+    body: T,
+}
+
 fn read_json<T: serde::de::DeserializeOwned>(path: &Path) -> Result<T, MachineError> {
     let bytes = std::fs::read(path).map_err(|source| MachineError::Io {
         what: path.display().to_string(),
         source,
     })?;
-    serde_json::from_slice(&bytes).map_err(|error| MachineError::Corrupt {
+    let corrupt = |reason: String| MachineError::Corrupt {
         path: path.to_owned(),
-        reason: error.to_string(),
-    })
+        reason,
+    };
+    let value: serde_json::Value =
+        serde_json::from_slice(&bytes).map_err(|error| corrupt(error.to_string()))?;
+    match value
+        .get("format_version")
+        .and_then(serde_json::Value::as_u64)
+    {
+        Some(version) if version == u64::from(FORMAT_VERSION) => {}
+        Some(version) => {
+            return Err(corrupt(format!(
+                "format version {version} is not understood (this zos writes {FORMAT_VERSION})"
+            )))
+        }
+        None => return Err(corrupt("no format_version field".to_owned())),
+    }
+    serde_json::from_value::<Versioned<T>>(value)
+        .map(|versioned| versioned.body)
+        .map_err(|error| corrupt(error.to_string()))
 }
 
 /// Writes through a temporary file and a rename, so readers never see half a file.
@@ -243,7 +272,11 @@ fn write_json<T: Serialize>(path: &Path, value: &T) -> Result<(), MachineError> 
         what: path.display().to_string(),
         source,
     };
-    let text = serde_json::to_vec_pretty(value).map_err(|error| MachineError::Corrupt {
+    let versioned = Versioned {
+        format_version: FORMAT_VERSION,
+        body: value,
+    };
+    let text = serde_json::to_vec_pretty(&versioned).map_err(|error| MachineError::Corrupt {
         path: path.to_owned(),
         reason: error.to_string(),
     })?;
@@ -279,4 +312,41 @@ pub fn tail(path: &Path, lines: usize) -> String {
     let text = String::from_utf8_lossy(&bytes).replace('\r', "");
     let all: Vec<&str> = text.lines().collect();
     all[all.len().saturating_sub(lines)..].join("\n")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn json_files_carry_their_version() {
+        let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+        let path = dir.path().join("status.json");
+        let runtime = Runtime {
+            state: VmState::Running,
+            message: None,
+            supervisor_pid: 7,
+            accel: Some("tcg".to_owned()),
+            processes: Vec::new(),
+            started_unix: 1,
+            ready_unix: Some(2),
+        };
+        write_json(&path, &runtime).unwrap_or_else(|e| panic!("{e}"));
+        let back: Runtime = read_json(&path).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(back.state, VmState::Running);
+        assert_eq!(back.supervisor_pid, 7);
+        let text = std::fs::read_to_string(&path).unwrap_or_default();
+        std::fs::write(
+            &path,
+            text.replace("\"format_version\": 1", "\"format_version\": 9"),
+        )
+        .unwrap_or_else(|e| panic!("{e}"));
+        let error = read_json::<Runtime>(&path).err().map(|e| e.to_string());
+        assert!(
+            error
+                .as_deref()
+                .is_some_and(|e| e.contains("format version 9")),
+            "{error:?}"
+        );
+    }
 }
