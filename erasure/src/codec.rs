@@ -355,9 +355,9 @@ fn header_prefix(header: ShardHeader, payload_bytes: usize) -> [u8; 16] {
     prefix
 }
 
-/// Bytes copied and checksummed at a time when a data shard's frame is built, so the crc
-/// reads what the copy just brought into the core's cache.
-const COPY_BLOCK_BYTES: usize = 32 * 1024;
+/// Bytes of each shard framed at a time (a multiple of [`SHARD_ALIGN_BYTES`]): k+m stripes of
+/// this size stay in a core's L2 cache while they are copied, coded and checksummed.
+const STRIPE_BYTES: usize = 32 * 1024;
 
 /// Frames a shard payload: header, crc32, payload. Returns the frame and its crc.
 pub fn frame_shard(header: ShardHeader, payload: &[u8]) -> (Vec<u8>, u32) {
@@ -938,47 +938,61 @@ impl ChunkCodec {
             parity_shards: reed_solomon.parity_shards as u8,
             index: index as u8,
         };
-        let mut shards: Vec<Vec<u8>> = Vec::with_capacity(total);
-        let mut shard_crcs = Vec::with_capacity(total);
-        for (index, payload) in sealed.chunks_exact(shard_bytes).enumerate() {
-            let mut frame = scratch.frame(SHARD_HEADER_BYTES + shard_bytes);
-            frame.extend_from_slice(&header_prefix(header(index), shard_bytes));
-            let mut hasher = crc32fast::Hasher::new();
-            hasher.update(&frame);
-            frame.extend_from_slice(&[0; 4]);
-            for block in payload.chunks(COPY_BLOCK_BYTES) {
-                frame.extend_from_slice(block);
-                hasher.update(block);
-            }
-            let crc = hasher.finalize();
-            frame[16..20].copy_from_slice(&crc.to_le_bytes());
-            shards.push(frame);
-            shard_crcs.push(crc);
-        }
-        let mut parity_frames: Vec<Vec<u8>> = (data_shards..total)
+        // One pass over the sealed chunk, a stripe of every shard at a time while it is in
+        // the core's cache: copy the data stripes into their frames, checksum them, compute
+        // the parity stripes from the copies straight into the parity frames, checksum those.
+        let mut hashers: Vec<crc32fast::Hasher> = Vec::with_capacity(total);
+        let mut data_frames: Vec<Vec<u8>> = (0..data_shards)
             .map(|index| {
-                // Reed-Solomon overwrites every parity byte: a reused buffer keeps its old
-                // bytes instead of being zeroed first.
-                let mut frame = scratch.parity_frame(SHARD_HEADER_BYTES + shard_bytes);
-                frame[..16].copy_from_slice(&header_prefix(header(index), shard_bytes));
+                let mut frame = scratch.frame(SHARD_HEADER_BYTES + shard_bytes);
+                frame.extend_from_slice(&header_prefix(header(index), shard_bytes));
+                let mut hasher = crc32fast::Hasher::new();
+                hasher.update(&frame);
+                hashers.push(hasher);
+                frame.extend_from_slice(&[0; 4]);
                 frame
             })
             .collect();
-        {
-            let data: Vec<&[u8]> = sealed.chunks_exact(shard_bytes).collect();
+        // Reed-Solomon overwrites every parity byte: a reused buffer keeps its old bytes
+        // instead of being zeroed first.
+        let mut parity_frames: Vec<Vec<u8>> = (data_shards..total)
+            .map(|index| {
+                let mut frame = scratch.parity_frame(SHARD_HEADER_BYTES + shard_bytes);
+                frame[..16].copy_from_slice(&header_prefix(header(index), shard_bytes));
+                let mut hasher = crc32fast::Hasher::new();
+                hasher.update(&frame[..16]);
+                hashers.push(hasher);
+                frame
+            })
+            .collect();
+        let mut start = 0;
+        while start < shard_bytes {
+            let end = (start + STRIPE_BYTES).min(shard_bytes);
+            for (index, frame) in data_frames.iter_mut().enumerate() {
+                let stripe = &sealed[index * shard_bytes + start..index * shard_bytes + end];
+                frame.extend_from_slice(stripe);
+                hashers[index].update(stripe);
+            }
+            let data: Vec<&[u8]> = data_frames
+                .iter()
+                .map(|frame| &frame[SHARD_HEADER_BYTES + start..SHARD_HEADER_BYTES + end])
+                .collect();
             let mut parity: Vec<&mut [u8]> = parity_frames
                 .iter_mut()
-                .map(|frame| &mut frame[SHARD_HEADER_BYTES..])
+                .map(|frame| &mut frame[SHARD_HEADER_BYTES + start..SHARD_HEADER_BYTES + end])
                 .collect();
             reed_solomon.parity_into(&data, &mut parity)?;
+            for (hasher, stripe) in hashers[data_shards..].iter_mut().zip(&parity) {
+                hasher.update(stripe);
+            }
+            start = end;
         }
-        for mut frame in parity_frames {
-            let mut hasher = crc32fast::Hasher::new();
-            hasher.update(&frame[..16]);
-            hasher.update(&frame[SHARD_HEADER_BYTES..]);
+        let mut shards = data_frames;
+        shards.append(&mut parity_frames);
+        let mut shard_crcs = Vec::with_capacity(total);
+        for (frame, hasher) in shards.iter_mut().zip(hashers) {
             let crc = hasher.finalize();
             frame[16..20].copy_from_slice(&crc.to_le_bytes());
-            shards.push(frame);
             shard_crcs.push(crc);
         }
         Ok((shards, shard_crcs))
@@ -1206,10 +1220,17 @@ mod tests {
 
     #[test]
     fn chunks_encoded_in_place_decode_like_any_other() {
+        // 300 kB chunks make shards of several stripes, for both codecs.
+        let simd = codec(RsCodecId::Simd, 3, 2);
         let codec = codec(RsCodecId::DEFAULT, 4, 2);
         let mut scratch = Scratch::default();
         let random: Vec<u8> = (0..300_000).map(|_| rand::random::<u8>()).collect();
-        for plain in [Vec::new(), vec![0u8; 200_000], random] {
+        for (codec, plain) in [
+            (&codec, Vec::new()),
+            (&codec, vec![0u8; 200_000]),
+            (&codec, random.clone()),
+            (&simd, random),
+        ] {
             let mut buffer = vec![0xAA; IN_PLACE_HEADROOM_BYTES];
             buffer.extend_from_slice(&plain);
             let hashing = if plain.is_empty() {
@@ -1224,12 +1245,24 @@ mod tests {
             if !plain.is_empty() {
                 assert_eq!(encoded.whole_hash, Some(*blake3::hash(&plain).as_bytes()));
             }
-            let frames: Vec<Option<Vec<u8>>> = encoded.shards.iter().cloned().map(Some).collect();
+            // Lose the first data shard and the last parity shard: the rest rebuild both,
+            // byte for byte, through whole-shard Reed-Solomon.
+            let mut frames: Vec<Option<Vec<u8>>> =
+                encoded.shards.iter().cloned().map(Some).collect();
+            let last = frames.len() - 1;
+            frames[0] = None;
+            frames[last] = None;
             let (decoded, bad) = codec
                 .decode_with(PLACE, &encoded.info, &frames, hashing)
                 .unwrap();
             assert_eq!(decoded, plain);
             assert!(bad.is_empty());
+            for (index, frame) in codec
+                .rebuild_frames(&encoded.info, &frames, &[0, last])
+                .unwrap()
+            {
+                assert_eq!(frame, encoded.shards[index]);
+            }
             scratch.recycle(encoded.shards);
         }
         assert!(codec
