@@ -9,10 +9,11 @@
 #     1 MiB (empty cache, one pass), cold random 4 KiB, and warm sequential answered by the
 #     mount process (fio drops the kernel's pages first); warm reads from the kernel's page
 #     cache do not depend on the chunk size and are in perf/flist-bench.sh.
-# Writes perf/results/flist-chunk-sweep-<date>.md and prints it.
+# Appends to perf/results/flist-chunk-sweep-<date>.md and prints it.
 #
 # usage: perf/flist-chunk-sweep.sh [FILE_MIB (256)] [TREE_MIB (200)] [SECONDS (3)] [SIZES...]
-# Needs root (FUSE, drop_caches), fio and redis-cli (installed when missing); runs at nice -10.
+# Needs root (FUSE, drop_caches), fio and redis-cli (installed when missing); runs at nice -10;
+# builds zos and zdb in release mode (or uses ZOS_BIN and ZDB_BIN when both are set).
 set -euo pipefail
 file_mib=${1:-256}
 tree_mib=${2:-200}
@@ -26,9 +27,13 @@ cd "$project"
 renice -n -10 $$ >/dev/null
 command -v fio >/dev/null 2>&1 || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq fio >/dev/null; }
 command -v redis-cli >/dev/null 2>&1 || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq redis-tools >/dev/null; }
-cargo build --release -p control -p dataplane --bins >/dev/null
-target=$(cargo metadata --format-version 1 --no-deps | python3 -c 'import json,sys; print(json.load(sys.stdin)["target_directory"])')
-zos="$target/release/zos"; zdb="$target/release/zdb"
+if [ -n "${ZOS_BIN:-}" ] && [ -n "${ZDB_BIN:-}" ]; then
+  zos=$ZOS_BIN; zdb=$ZDB_BIN  # binaries already built (release)
+else
+  cargo build --release -p control -p dataplane --bins >/dev/null
+  target=$(cargo metadata --format-version 1 --no-deps | python3 -c 'import json,sys; print(json.load(sys.stdin)["target_directory"])')
+  zos="$target/release/zos"; zdb="$target/release/zdb"
+fi
 scratch=$(mktemp -d)
 pids=()
 cleanup() {
@@ -128,6 +133,8 @@ done
 date_tag=$(date -u +%Y-%m-%d)
 out="perf/results/flist-chunk-sweep-$date_tag.md"
 mkdir -p perf/results
+# A second run the same day is appended, so runs in different orders sit side by side.
+[ -e "$out" ] && echo >>"$out"
 {
   echo "# flist chunk size sweep ($date_tag)"
   echo
@@ -143,5 +150,5 @@ mkdir -p perf/results
   echo "| chunk | pack random MB/s | pack tree MB/s | v2 uploads after v1 | cold seq 1M MB/s | cold rand 4k MB/s | warm seq 1M, mount process MB/s |"
   echo "|---|---|---|---|---|---|---|"
   for row in "${rows[@]}"; do echo "$row"; done
-} >"$out"
+} >>"$out"
 cat "$out"

@@ -260,7 +260,13 @@ impl ReadData {
 pub struct FsCore {
     flist: Arc<Flist>,
     chunks: Arc<dyn ChunkSource>,
+    /// Where the last read of a file ended, by inode id modulo the slot count: tells
+    /// sequential reads (fetch ahead) from random ones (fetch only what is asked).
+    read_ends: Vec<std::sync::Mutex<(u64, u64)>>,
 }
+
+/// Slots remembering where recent reads ended (files read at once, roughly).
+const READ_END_SLOTS: usize = 256;
 
 impl std::fmt::Debug for FsCore {
     fn fmt(&self, formatter: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -280,7 +286,13 @@ fn to_number(id: u64) -> Result<u32, FsError> {
 impl FsCore {
     /// A core over `flist`, reading content from `chunks`.
     pub fn new(flist: Arc<Flist>, chunks: Arc<dyn ChunkSource>) -> Self {
-        Self { flist, chunks }
+        Self {
+            flist,
+            chunks,
+            read_ends: (0..READ_END_SLOTS)
+                .map(|_| std::sync::Mutex::new((0, 0)))
+                .collect(),
+        }
     }
 
     /// The flist served.
@@ -455,9 +467,27 @@ impl FsCore {
             }
         }
         if let Some(index) = last_index {
-            self.read_ahead(&inode, index)?;
+            if self.is_sequential(id, offset, end) {
+                self.read_ahead(&inode, index)?;
+            }
         }
         Ok(ReadData { pieces })
+    }
+
+    /// Whether a read of `offset..end` of file `id` continues an earlier one (starts at
+    /// the file's beginning, or within a few reads of where the last one ended: the
+    /// kernel's read-ahead requests may arrive a little out of order). Records `end`.
+    fn is_sequential(&self, id: u64, offset: u64, end: u64) -> bool {
+        const NEARBY_BYTES: u64 = 8 * 1024 * 1024;
+        let slot = &self.read_ends[(id % READ_END_SLOTS as u64) as usize];
+        let mut last = slot
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let sequential = offset == 0 || (last.0 == id && offset.abs_diff(last.1) <= NEARBY_BYTES);
+        if last.0 != id || end > last.1 || !sequential {
+            *last = (id, end);
+        }
+        sequential
     }
 
     fn next_chunk_start(&self, inode: &Inode, position: u64) -> Result<Option<u64>, FsError> {
