@@ -118,6 +118,7 @@ pub enum MachineCommand {
     /// Stop a VM: ACPI power button (the guest shuts down), then after --timeout QEMU is
     /// stopped; the backends are stopped and the sockets removed.
     Stop {
+        /// The VM's name (see zos vm list).
         name: String,
         /// Seconds the guest has to shut down before QEMU is stopped.
         #[arg(long, default_value_t = SHUTDOWN_TIMEOUT_SECS_DEFAULT)]
@@ -273,6 +274,7 @@ pub fn run(command: MachineCommand) -> anyhow::Result<()> {
             let how = match stopped.how {
                 StopHow::NotRunning => "it was not running; leftovers removed",
                 StopHow::Clean => "the guest shut down",
+                StopHow::Terminated if force => "QEMU stopped at once (--force)",
                 StopHow::Terminated => "QEMU stopped: the guest did not shut down in time",
                 StopHow::Killed => "killed: the supervisor did not answer",
             };
