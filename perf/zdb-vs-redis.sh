@@ -90,4 +90,25 @@ for setting in "default:everysec" "--sync:always"; do
     done
   done
 done
+
+# What the client itself can do: PING with a bulk reply asks nothing of either server, so its
+# rate is the ceiling redis-benchmark reaches on this machine. A figure close to it means the
+# benchmark client, not the server, sets the pace.
+start_pair "" everysec
+{
+  echo
+  echo "Client ceiling (PING_MBULK: the servers do no work), same run:"
+  echo
+  echo "| pipeline | zdb ops/s | redis ops/s |"
+  echo "|---|---|---|"
+} >>"$out"
+for pipeline in 1 16; do
+  zp=0; rp=0
+  for _ in $(seq "$runs"); do
+    zp=$(best "$(once "$zport" ping_mbulk 3 "$pipeline" 1)" "$zp")
+    rp=$(best "$(once "$rport" ping_mbulk 3 "$pipeline" 1)" "$rp")
+  done
+  echo "| $pipeline | $zp | $rp |" >>"$out"
+done
+stop_pair
 cat "$out"
