@@ -88,6 +88,14 @@ pub fn start(
         let volume = Volume::open(&spec.disk).map_err(|error| {
             MachineError::Invalid(format!("data disk {}: {error}", spec.disk.display()))
         })?;
+        if volume.metadata.size_bytes > spec.disk_bytes {
+            return Err(MachineError::Invalid(format!(
+                "data disk {} is {} bytes: it cannot shrink to --disksize {} bytes (volumes only grow)",
+                spec.disk.display(),
+                volume.metadata.size_bytes,
+                spec.disk_bytes,
+            )));
+        }
         if volume.in_use().unwrap_or(false) {
             return Err(MachineError::Invalid(format!(
                 "data disk {} is in use by another process",

@@ -283,7 +283,7 @@ impl Supervisor<'_> {
                 tracing::info!(disk = %disk.display(), "grew the data disk to {} bytes", self.spec.disk_bytes);
             } else if current > self.spec.disk_bytes {
                 return Err(MachineError::Invalid(format!(
-                    "data disk {} is {current} bytes: it cannot shrink to {} (remove it with zos vm stop --rm, or give its size)",
+                    "data disk {} is {current} bytes: it cannot shrink to {} (volumes only grow)",
                     disk.display(),
                     self.spec.disk_bytes
                 )));
