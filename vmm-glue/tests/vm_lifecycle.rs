@@ -313,6 +313,7 @@ fn start_list_stop_with_share_and_ssh_key() {
         "{console}"
     );
     assert!(console.contains("ZOS-VM-SHARE=hostshare"), "{console}");
+    assert!(console.contains("ZOS-VM-SSH=listening"), "{console}");
     let port = vm_a["ssh_port"].as_u64().unwrap().to_string();
     let guest = run(
         "ssh",
