@@ -8,8 +8,9 @@ cd "$(dirname "$0")"
 started=$(date +%s)
 
 # Debian packages the tests drive: redis-cli (redis-tools), fio, FUSE (fuse3), QEMU and the
-# guest-image tools (qemu-system-x86, cpio), Go and pytest for the zstor clients.
-packages=(redis-tools fio fuse3 cpio qemu-system-x86 golang-go python3-pytest)
+# guest-image tools (qemu-system-x86, cpio), Go and pytest for the zstor clients, ssh for the
+# login into a VM started by `zos vm start`.
+packages=(redis-tools fio fuse3 cpio qemu-system-x86 golang-go python3-pytest openssh-client)
 missing=()
 for package in "${packages[@]}"; do
   dpkg -s "$package" >/dev/null 2>&1 || missing+=("$package")
