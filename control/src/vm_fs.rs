@@ -8,6 +8,7 @@ use std::time::Duration;
 use anyhow::Context;
 use vmm_glue::fs::backend::{REQUEST_QUEUES_DEFAULT, WORKERS_DEFAULT};
 use vmm_glue::fs::serve::{self, FsServeConfig};
+use vmm_glue::fs::session::DIRECT_IO_FILE_BYTES_MIN_DEFAULT;
 
 /// `zos vm fs` subcommands.
 #[derive(Debug, clap::Subcommand)]
@@ -52,10 +53,14 @@ pub enum FsCommand {
         /// Exit when the first VMM disconnects instead of waiting for the next.
         #[arg(long)]
         once: bool,
-        /// Open files with FOPEN_DIRECT_IO: every read reaches this server, none is kept in
-        /// the guest's page cache.
-        #[arg(long)]
-        direct_io: bool,
+        /// Files of at least this many MiB bypass the guest's page cache (FOPEN_DIRECT_IO:
+        /// every read reaches this server as one request); smaller ones are cached by the
+        /// guest across opens. 0: every file direct.
+        #[arg(long, default_value_t = DIRECT_IO_FILE_BYTES_MIN_DEFAULT >> 20)]
+        direct_io_min_mib: u64,
+        /// Bound of the decrypted chunks kept in memory, in MiB.
+        #[arg(long, default_value_t = serve::MEMORY_CACHE_BYTES_DEFAULT >> 20)]
+        memory_cache_mib: u64,
     },
 }
 
@@ -72,7 +77,8 @@ pub fn run(command: FsCommand) -> anyhow::Result<()> {
             threads,
             queues,
             once,
-            direct_io,
+            direct_io_min_mib,
+            memory_cache_mib,
         } => {
             let config = FsServeConfig {
                 cache: Some(cache.unwrap_or_else(serve::default_cache_dir)),
@@ -82,7 +88,8 @@ pub fn run(command: FsCommand) -> anyhow::Result<()> {
                 workers: threads,
                 request_queues: queues,
                 once,
-                direct_io,
+                direct_io_file_bytes_min: direct_io_min_mib.saturating_mul(1 << 20),
+                memory_cache_bytes: memory_cache_mib.saturating_mul(1 << 20),
                 ..FsServeConfig::new(flist, socket)
             };
             serve::serve(&config).with_context(|| {

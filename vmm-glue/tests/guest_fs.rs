@@ -168,6 +168,9 @@ impl FsServer {
             .arg(socket)
             .arg("--cache")
             .arg(cache)
+            // Files from 4 MiB on (a/big) are read with FOPEN_DIRECT_IO, the rest through
+            // the guest's page cache: both read paths are checked.
+            .args(["--direct-io-min-mib", "4"])
             .stdin(Stdio::null())
             .stdout(std::fs::File::create(&log).unwrap())
             .stderr(std::fs::File::create(&log).unwrap())

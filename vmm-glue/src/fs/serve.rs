@@ -48,9 +48,16 @@ pub struct FsServeConfig {
     pub request_queues: usize,
     /// Serve one VMM connection, then return.
     pub once: bool,
-    /// Open files with `FOPEN_DIRECT_IO` (no guest page cache).
-    pub direct_io: bool,
+    /// Files of at least this size bypass the guest's page cache (`FOPEN_DIRECT_IO`).
+    pub direct_io_file_bytes_min: u64,
+    /// Bound of the decrypted chunks kept in memory.
+    pub memory_cache_bytes: u64,
 }
+
+/// Default bound of the decrypted chunks kept in memory: larger than the FUSE mount's,
+/// because a guest reading a file larger than it sequentially would otherwise miss on
+/// every chunk (LRU evicts each chunk just before it is needed again).
+pub const MEMORY_CACHE_BYTES_DEFAULT: u64 = 512 << 20;
 
 impl FsServeConfig {
     /// Defaults for everything but the flist and the socket.
@@ -65,7 +72,8 @@ impl FsServeConfig {
             workers: super::backend::WORKERS_DEFAULT,
             request_queues: super::backend::REQUEST_QUEUES_DEFAULT,
             once: false,
-            direct_io: false,
+            direct_io_file_bytes_min: super::session::DIRECT_IO_FILE_BYTES_MIN_DEFAULT,
+            memory_cache_bytes: MEMORY_CACHE_BYTES_DEFAULT,
         }
     }
 }
@@ -163,7 +171,7 @@ pub fn open_session(config: &FsServeConfig) -> Result<Session, FsServeError> {
     };
     let source_config = SourceConfig {
         store_timeout: config.store_timeout,
-        ..SourceConfig::default()
+        memory_cache_bytes: config.memory_cache_bytes,
     };
     let source: Arc<dyn ChunkSource> =
         Arc::new(StoreSource::new(routes, cache, source_config).map_err(FsServeError::Setup)?);
@@ -171,7 +179,7 @@ pub fn open_session(config: &FsServeConfig) -> Result<Session, FsServeError> {
     Ok(Session::new(
         core,
         SessionConfig {
-            direct_io: config.direct_io,
+            direct_io_file_bytes_min: config.direct_io_file_bytes_min,
         },
     ))
 }

@@ -67,11 +67,28 @@ impl ReplySink for VecSink {
 }
 
 /// Settings of a session.
-#[derive(Debug, Clone, Copy, Default)]
+#[derive(Debug, Clone, Copy)]
 pub struct SessionConfig {
-    /// Answer opens with `FOPEN_DIRECT_IO` (no guest page cache) instead of
-    /// `FOPEN_KEEP_CACHE`.
-    pub direct_io: bool,
+    /// Files of at least this many bytes are opened with `FOPEN_DIRECT_IO` (every read
+    /// reaches us, in requests as large as the reader's, none kept in the guest's page
+    /// cache); smaller ones with `FOPEN_KEEP_CACHE`. 0: every file direct.
+    pub direct_io_file_bytes_min: u64,
+}
+
+/// Default of [`SessionConfig::direct_io_file_bytes_min`]. Below it, files are read
+/// through the guest's page cache and kept there across opens (program files, libraries,
+/// configuration: read again and again). From it on, reads go straight to us: the guest's
+/// cached path reads ahead only 128 KiB per request and a large file crowds everything else
+/// out of a small guest's memory, while a direct read is one request of the reader's size
+/// answered from the chunk cache (measured in perf/fs-vs-virtiofsd.sh).
+pub const DIRECT_IO_FILE_BYTES_MIN_DEFAULT: u64 = 64 << 20;
+
+impl Default for SessionConfig {
+    fn default() -> Self {
+        Self {
+            direct_io_file_bytes_min: DIRECT_IO_FILE_BYTES_MIN_DEFAULT,
+        }
+    }
 }
 
 /// Answers FUSE requests over one flist.
@@ -206,7 +223,8 @@ impl Session {
                 let access = flags as i32 & libc::O_ACCMODE;
                 let write = access != libc::O_RDONLY || flags as i32 & libc::O_TRUNC != 0;
                 self.core.open(id, write).map_err(|e| errno(&e))?;
-                let open = if self.config.direct_io {
+                let size = self.core.getattr(id).map_err(|e| errno(&e))?.size;
+                let open = if size >= self.config.direct_io_file_bytes_min {
                     open_flags::DIRECT_IO
                 } else {
                     open_flags::KEEP_CACHE
