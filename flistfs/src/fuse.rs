@@ -34,44 +34,12 @@ pub const BACKGROUND_REQUESTS_MAX: u16 = 64;
 #[derive(Debug)]
 pub struct FuseAdapter {
     core: FsCore,
-    /// Where it is mounted, to raise the kernel's read-ahead once the mount is up.
-    mountpoint: Option<std::path::PathBuf>,
-    read_ahead_done: std::sync::Once,
 }
 
 impl FuseAdapter {
     /// Wraps `core`.
     pub fn new(core: FsCore) -> Self {
-        Self {
-            core,
-            mountpoint: None,
-            read_ahead_done: std::sync::Once::new(),
-        }
-    }
-
-    /// Wraps `core` mounted at `mountpoint` (absolute): the kernel's read-ahead window for
-    /// the mount is then raised to [`READ_AHEAD_BYTES_MAX`] on the first open.
-    pub fn for_mountpoint(core: FsCore, mountpoint: &Path) -> Self {
-        Self {
-            mountpoint: Some(mountpoint.to_path_buf()),
-            ..Self::new(core)
-        }
-    }
-
-    /// The kernel offers FUSE at most its default read-ahead (128 KiB) at init and clamps
-    /// the mount's window to what init answered, so a larger one can only be set through
-    /// the mount's backing device in sysfs, after init. Any request but init comes after
-    /// init's answer, so the first open is the place. Failing (not root) only costs speed.
-    fn raise_read_ahead(&self) {
-        let Some(mountpoint) = &self.mountpoint else {
-            return;
-        };
-        self.read_ahead_done.call_once(|| {
-            match crate::sys::set_mount_read_ahead(mountpoint, READ_AHEAD_BYTES_MAX) {
-                Ok(()) => tracing::debug!(bytes = READ_AHEAD_BYTES_MAX, "read-ahead raised"),
-                Err(error) => tracing::info!(%error, "kernel read-ahead left at its default"),
-            }
-        });
+        Self { core }
     }
 }
 
@@ -170,7 +138,6 @@ impl Filesystem for FuseAdapter {
     }
 
     fn open(&self, _request: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
-        self.raise_read_ahead();
         let write = flags.0 & libc::O_ACCMODE != libc::O_RDONLY;
         match self.core.open(ino.0, write) {
             Ok(()) => reply.opened(FileHandle(0), FopenFlags::FOPEN_KEEP_CACHE),
@@ -394,9 +361,8 @@ pub fn serve(
     fs_name: &str,
     stacked: Option<std::path::PathBuf>,
 ) -> std::io::Result<()> {
-    let absolute = mountpoint.canonicalize()?;
     let mut session = fuser::Session::new(
-        FuseAdapter::for_mountpoint(core, &absolute),
+        FuseAdapter::new(core),
         mountpoint,
         &mount_config(threads, fs_name),
     )?;

@@ -1,8 +1,8 @@
 //! The only place in this crate that maps memory or calls into the kernel directly.
 //!
 //! It owns: mapping an flist file read-only (memmap2; everything above sees a `&[u8]`),
-//! device nodes and times for unpack, mount and unmount calls, `flock` for the shared
-//! chunk cache, and the read-ahead knob of a mount's backing device in sysfs.
+//! device nodes and times for unpack, mount and unmount calls, and `flock` for the shared
+//! chunk cache.
 
 use std::fs::File;
 use std::io;
@@ -149,39 +149,6 @@ pub fn is_mount_point(path: &Path) -> bool {
     mountinfo
         .lines()
         .any(|line| line.split(' ').nth(4) == Some(wanted.as_ref()))
-}
-
-/// The `MAJOR:MINOR` device of the mount at `mountpoint` (absolute), from mountinfo.
-fn mount_device(mountpoint: &Path) -> io::Result<String> {
-    let mountinfo = std::fs::read_to_string("/proc/self/mountinfo")?;
-    let wanted = mountpoint.to_string_lossy();
-    mountinfo
-        .lines()
-        .rev()
-        .filter_map(|line| {
-            let mut fields = line.split(' ');
-            let device = fields.nth(2)?;
-            let point = fields.nth(1)?;
-            (point == wanted.as_ref()).then(|| device.to_string())
-        })
-        .next()
-        .ok_or_else(|| {
-            io::Error::new(
-                io::ErrorKind::NotFound,
-                format!("{wanted} is not a mount point"),
-            )
-        })
-}
-
-/// Sets the kernel's read-ahead window of the mount at `mountpoint` (absolute) to `bytes`,
-/// through its backing device in sysfs (root only).
-pub fn set_mount_read_ahead(mountpoint: &Path, bytes: u32) -> io::Result<()> {
-    let device = mount_device(mountpoint)?;
-    let path = Path::new("/sys/class/bdi")
-        .join(device)
-        .join("read_ahead_kb");
-    std::fs::write(&path, format!("{}\n", bytes / 1024))
-        .map_err(|error| io::Error::new(error.kind(), format!("{}: {error}", path.display())))
 }
 
 /// Takes an exclusive `flock` on `file`, waiting for other processes to release theirs.
