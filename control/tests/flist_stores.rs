@@ -96,6 +96,8 @@ impl Drop for Server {
 fn start_zdb(folder: &Path, port: u16) -> Server {
     let child = Command::new(zdb_binary())
         .args(["--listen", "127.0.0.1", "--port", &port.to_string()])
+        // Servers here are SIGKILLed: `--sync` is the mode where that loses no stored chunk.
+        .arg("--sync")
         .arg("--data")
         .arg(folder.join("data"))
         .arg("--index")

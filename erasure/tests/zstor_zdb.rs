@@ -61,6 +61,9 @@ impl Zdb {
             .unwrap();
         let child = Command::new(binary)
             .args(["--listen", "127.0.0.1", "--port", &port.to_string()])
+            // The test SIGKILLs backends right after writes: only `--sync` promises a killed
+            // zdb keeps every acknowledged shard (by default it may lose its last moment).
+            .arg("--sync")
             .arg("--data")
             .arg(folder.join("data"))
             .arg("--index")
