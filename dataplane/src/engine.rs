@@ -368,6 +368,9 @@ pub fn valid_namespace_name(name: &str) -> bool {
             .all(|b| b.is_ascii_alphanumeric() || b == b'.' || b == b'_' || b == b'-')
 }
 
+/// Values at least this large are sealed by the writer itself (see `Engine::append`).
+const SEAL_INLINE_FROM_BYTES: usize = 1024;
+
 /// Bytes appended but not yet on disk, for one segment. Records are appended unsealed (no
 /// chain link, no checksums: see `record::encode_unsealed`) and sealed later in log order,
 /// normally by the flusher on its own thread; `data[..sealed]` is sealed.
@@ -891,12 +894,28 @@ impl Engine {
             sequence: state.next_sequence,
             ..*new
         };
+        let seal_here = new.value.len() >= SEAL_INLINE_FROM_BYTES
+            && !state.sealing
+            && state.pending.iter().all(|c| c.sealed == c.data.len());
         let Some(chunk) = state.pending.last_mut() else {
             return Err(EngineError::Failed("pending buffer missing".into()));
         };
         let before = chunk.data.len();
         record::encode_unsealed(&record, &mut chunk.data);
         let written = (chunk.data.len() - before) as u64;
+        // A large value is hashed here, while it is still in this core's cache: on the
+        // flusher's core the hashing would read it from memory again. Only possible when
+        // everything before it is sealed (the chain runs in log order).
+        if seal_here {
+            let NsState {
+                pending,
+                chain_head,
+                ..
+            } = &mut *state;
+            if let Some(chunk) = pending.last_mut() {
+                chunk.seal(chain_head);
+            }
+        }
         state.next_sequence += 1;
         state.record_count += 1;
         state.append_offset += written;
@@ -959,6 +978,20 @@ impl Engine {
             segment: entry.segment,
             offset: entry.offset as u64,
         };
+        // A record still unsealed in memory is our own bytes, written under this lock: hand
+        // it out as it is rather than make the event loop seal (and wait for the flusher).
+        if let Some(chunk) = state.pending.iter().find(|c| c.holds(location)) {
+            let start = (location.offset - chunk.offset) as usize;
+            if start >= chunk.sealed {
+                if let Some(bytes) = chunk.data.get(start..start + length) {
+                    if let Ok(header) = record::decode_unsealed(bytes) {
+                        if &bytes[HEADER_BYTES..HEADER_BYTES + header.key_len as usize] == key {
+                            return Ok((bytes.to_vec(), header));
+                        }
+                    }
+                }
+            }
+        }
         let bytes = self.read_at(namespace, state, location, length)?;
         let header = self.check_record(namespace, location, &bytes)?;
         if &bytes[HEADER_BYTES..HEADER_BYTES + header.key_len as usize] != key {
@@ -2169,6 +2202,23 @@ impl Engine {
                 // hashing that would otherwise slow every SET), then publish them.
                 let mut pending = std::mem::take(&mut state.pending);
                 pending.retain(|chunk| state.files.contains_key(&chunk.segment));
+                if pending.iter().all(|c| c.sealed == c.data.len()) {
+                    // Sealed already (large values are sealed as they come).
+                    for chunk in pending {
+                        let Some(file) = state.files.get(&chunk.segment).cloned() else {
+                            continue;
+                        };
+                        let data = Arc::new(chunk.data);
+                        state.inflight.push(InflightChunk {
+                            segment: chunk.segment,
+                            offset: chunk.offset,
+                            length: data.len(),
+                            data: Some(Arc::clone(&data)),
+                        });
+                        batch.push((Arc::clone(namespace), file, chunk.offset, data));
+                    }
+                    continue;
+                }
                 let mut head = state.chain_head;
                 state.sealing = true;
                 for chunk in &pending {

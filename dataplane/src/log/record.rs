@@ -226,6 +226,43 @@ pub fn decode_header(bytes: &[u8]) -> Result<Header, RecordError> {
     })
 }
 
+/// Decodes the header of an unsealed record (see [`encode_unsealed`]): only what the engine
+/// itself wrote in memory, so nothing is checksummed yet; the link reads as zeros and the
+/// record crc as 0. The lengths are still checked against `bytes`.
+pub fn decode_unsealed(bytes: &[u8]) -> Result<Header, RecordError> {
+    if bytes.len() < HEADER_BYTES {
+        return Err(RecordError::Truncated {
+            needed: HEADER_BYTES,
+            available: bytes.len(),
+        });
+    }
+    let magic = [bytes[0], bytes[1], bytes[2], bytes[3]];
+    if magic != MAGIC {
+        return Err(RecordError::BadMagic { found: magic });
+    }
+    if bytes[4] != VERSION {
+        return Err(RecordError::Version(bytes[4]));
+    }
+    let header = Header {
+        flags: bytes[5],
+        key_len: bytes[6],
+        value_len: u32_at(bytes, 8),
+        timestamp_us: u64_at(bytes, 12),
+        sequence: u64_at(bytes, 20),
+        prev_segment: u32_at(bytes, 28),
+        prev_offset: u32_at(bytes, 32),
+        link: [0u8; LINK_BYTES],
+        record_crc: 0,
+    };
+    if header.value_len as usize > VALUE_BYTES_MAX || bytes.len() < header.record_bytes() {
+        return Err(RecordError::Length {
+            key_len: header.key_len as usize,
+            value_len: header.value_len as usize,
+        });
+    }
+    Ok(header)
+}
+
 /// Checks a whole record (`bytes` starts at its header and holds at least all of it) and
 /// returns its header; `bytes[HEADER_BYTES..record_bytes]` are then the key and value.
 pub fn verify(bytes: &[u8]) -> Result<Header, RecordError> {
@@ -334,6 +371,9 @@ mod tests {
             };
             let mut unsealed = Vec::new();
             encode_unsealed(&record, &mut unsealed);
+            let early = decode_unsealed(&unsealed).unwrap();
+            assert_eq!(early.value_len as usize, value_len);
+            assert_eq!(early.sequence, 6);
             assert!(
                 verify(&unsealed).is_err(),
                 "an unsealed record must not verify"
