@@ -44,8 +44,9 @@ start_pair() { # start_pair zdb-flags redis-appendfsync
 stop_pair() { kill "$zpid" "$rpid" 2>/dev/null || true; wait "$zpid" "$rpid" 2>/dev/null || true; }
 
 once() { # once PORT TEST SIZE PIPELINE KEYSPACE -> ops/s
+  # The figure line only (a failed run prints the header alone: that counts as 0).
   redis-benchmark -p "$1" -t "$2" -n "$requests" -c 50 -P "$4" -d "$3" -r "$5" --csv 2>/dev/null |
-    tail -1 | cut -d, -f2 | tr -d '"' | cut -d. -f1
+    grep -v '^"test"' | tail -1 | cut -d, -f2 | tr -d '"' | cut -d. -f1
 }
 best() { local a=$1 b=$2; [ "${a:-0}" -gt "${b:-0}" ] && echo "$a" || echo "${b:-0}"; }
 
