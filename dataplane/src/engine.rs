@@ -2198,60 +2198,55 @@ impl Engine {
                 if state.pending.is_empty() || state.sealing {
                     continue;
                 }
-                // Take the pending records, seal them here, off the lock (this is the
-                // hashing that would otherwise slow every SET), then publish them.
+                // Take the pending records, seal what is not sealed yet here, off the lock
+                // (the hashing that would otherwise slow every SET), then publish them.
                 let mut pending = std::mem::take(&mut state.pending);
                 pending.retain(|chunk| state.files.contains_key(&chunk.segment));
-                if pending.iter().all(|c| c.sealed == c.data.len()) {
-                    // Sealed already (large values are sealed as they come).
-                    for chunk in pending {
-                        let Some(file) = state.files.get(&chunk.segment).cloned() else {
-                            continue;
-                        };
-                        let data = Arc::new(chunk.data);
+                let unsealed = pending.iter().any(|c| c.sealed < c.data.len());
+                if unsealed {
+                    let mut head = state.chain_head;
+                    state.sealing = true;
+                    for chunk in &pending {
                         state.inflight.push(InflightChunk {
                             segment: chunk.segment,
                             offset: chunk.offset,
-                            length: data.len(),
-                            data: Some(Arc::clone(&data)),
+                            length: chunk.data.len(),
+                            data: None,
                         });
-                        batch.push((Arc::clone(namespace), file, chunk.offset, data));
                     }
-                    continue;
+                    drop(state);
+                    for chunk in &mut pending {
+                        chunk.seal(&mut head);
+                    }
+                    state = lock(&namespace.state);
+                    state.chain_head = head;
+                    state.sealing = false;
                 }
-                let mut head = state.chain_head;
-                state.sealing = true;
-                for chunk in &pending {
-                    state.inflight.push(InflightChunk {
-                        segment: chunk.segment,
-                        offset: chunk.offset,
-                        length: chunk.data.len(),
-                        data: None,
-                    });
-                }
-                drop(state);
-                for chunk in &mut pending {
-                    chunk.seal(&mut head);
-                }
-                let mut state = lock(&namespace.state);
                 for chunk in pending {
                     let Some(file) = state.files.get(&chunk.segment).cloned() else {
                         continue;
                     };
                     let data = Arc::new(chunk.data);
-                    if let Some(slot) = state.inflight.iter_mut().find(|c| {
+                    let slot = state.inflight.iter_mut().find(|c| {
                         c.data.is_none() && c.segment == chunk.segment && c.offset == chunk.offset
-                    }) {
-                        slot.data = Some(Arc::clone(&data));
+                    });
+                    match slot {
+                        Some(slot) => slot.data = Some(Arc::clone(&data)),
+                        None => state.inflight.push(InflightChunk {
+                            segment: chunk.segment,
+                            offset: chunk.offset,
+                            length: data.len(),
+                            data: Some(Arc::clone(&data)),
+                        }),
                     }
                     batch.push((Arc::clone(namespace), file, chunk.offset, data));
                 }
                 // A chunk whose file went away meanwhile (FLUSH, deletion) is not written.
                 state.inflight.retain(|c| c.data.is_some());
-                state.chain_head = head;
-                state.sealing = false;
                 drop(state);
-                namespace.sealed.notify_all();
+                if unsealed {
+                    namespace.sealed.notify_all();
+                }
             }
             for (_, file, _, _) in &batch {
                 if !dirty_files.iter().any(|f| Arc::ptr_eq(f, file)) {
