@@ -73,6 +73,25 @@ impl Aead {
         }
     }
 
+    /// Opens `nonce ‖ ciphertext ‖ tag` where it lies; returns the plaintext's length (it
+    /// starts right after the nonce), `None` when it does not authenticate. Nothing is
+    /// copied: a chunk being read is decrypted in the buffer its shards were gathered into.
+    pub fn open_in_place(&self, aad: &[u8], sealed: &mut [u8]) -> Option<usize> {
+        if sealed.len() < NONCE_BYTES + TAG_BYTES {
+            return None;
+        }
+        let mut nonce = [0u8; NONCE_BYTES];
+        nonce.copy_from_slice(&sealed[..NONCE_BYTES]);
+        self.key
+            .open_in_place(
+                Nonce::assume_unique_for_key(nonce),
+                Aad::from(aad),
+                &mut sealed[NONCE_BYTES..],
+            )
+            .ok()
+            .map(|plain| plain.len())
+    }
+
     /// Opens `nonce ‖ ciphertext ‖ tag`; `None` when it does not authenticate.
     pub fn open(&self, aad: &[u8], sealed: &[u8]) -> Option<Vec<u8>> {
         if sealed.len() < NONCE_BYTES + TAG_BYTES {

@@ -33,6 +33,9 @@ pub const DATA_SHARDS_MAX: usize = 64;
 pub const PARITY_SHARDS_MAX: usize = 64;
 /// Largest plaintext chunk.
 pub const CHUNK_BYTES_MAX: usize = 64 * 1024 * 1024;
+/// Most bytes sealing may add to a chunk (header, tag, and what zstd adds to data it cannot
+/// shrink is never kept): bounds a sealed length read from metadata.
+const CHUNK_SLACK_BYTES: usize = 64 * 1024;
 
 const SHARD_MAGIC: &[u8; 4] = b"ZSHD";
 const SHARD_VERSION: u8 = 1;
@@ -473,6 +476,23 @@ pub struct EncodedChunk {
     /// blake3 of the chunk alone, when it was hashed as the subtree at offset 0
     /// ([`ChunkHash::Subtree`]): the object's hash should it turn out to be the only chunk.
     pub whole_hash: Option<[u8; 32]>,
+}
+
+/// A chunk decoded by [`ChunkCodec::decode_verified`]: its plaintext lies in `buffer` at
+/// `range`; the buffer can be reused once the plaintext is written.
+#[derive(Debug)]
+pub struct DecodedChunk {
+    /// The buffer the chunk was decoded in.
+    pub buffer: Vec<u8>,
+    /// Where the plaintext lies in it.
+    pub range: std::ops::Range<usize>,
+}
+
+impl DecodedChunk {
+    /// The chunk's plaintext.
+    pub fn plain(&self) -> &[u8] {
+        &self.buffer[self.range.clone()]
+    }
 }
 
 /// How the hash recorded for a chunk is computed.
@@ -1058,6 +1078,113 @@ impl ChunkCodec {
         sealed.truncate(sealed_bytes);
         let plain = self.open_with(place, &sealed, info, hashing)?;
         Ok((plain, bad))
+    }
+
+    /// [`Self::decode_with`] for frames that already passed [`Self::verify_shard`] (`None`
+    /// for the others), built in the caller's buffers: the data shards are gathered into
+    /// `sealed` (one copy), decrypted where they lie and, when compressed, decompressed into
+    /// `spare`. Returns the decoded chunk (in one of the two buffers) and the buffer it did
+    /// not need, both for reuse. Lengths are checked again (cheaply); the crcs are not, the
+    /// AEAD tag and the chunk hash still are.
+    pub fn decode_verified(
+        &self,
+        place: ChunkPlace,
+        info: &ChunkInfo,
+        frames: &[Option<Vec<u8>>],
+        hashing: ChunkHash,
+        mut sealed: Vec<u8>,
+        mut spare: Vec<u8>,
+    ) -> Result<(DecodedChunk, Vec<u8>), CodecError> {
+        let reed_solomon = &self.reed_solomon;
+        let data_shards = reed_solomon.data_shards;
+        let total = data_shards + reed_solomon.parity_shards;
+        let sealed_bytes = info.sealed_bytes as usize;
+        let plain_bytes = info.plain_bytes as usize;
+        if plain_bytes > CHUNK_BYTES_MAX || sealed_bytes > CHUNK_BYTES_MAX + CHUNK_SLACK_BYTES {
+            return Err(CodecError::InvalidParameters(format!(
+                "chunk of {plain_bytes} bytes ({sealed_bytes} sealed), more than {CHUNK_BYTES_MAX}"
+            )));
+        }
+        let shard_bytes = reed_solomon.shard_bytes(sealed_bytes);
+        if frames.len() > total
+            || frames
+                .iter()
+                .flatten()
+                .any(|frame| frame.len() != SHARD_HEADER_BYTES + shard_bytes)
+        {
+            return Err(CodecError::BadShard(
+                "shard frames do not match the chunk's geometry".into(),
+            ));
+        }
+        fn payload(frame: &[u8]) -> &[u8] {
+            &frame[SHARD_HEADER_BYTES..]
+        }
+        sealed.clear();
+        sealed.reserve(sealed_bytes);
+        let data_present =
+            frames.len() >= data_shards && frames[..data_shards].iter().all(Option::is_some);
+        if data_present {
+            for frame in frames[..data_shards].iter().flatten() {
+                let wanted = (sealed_bytes - sealed.len()).min(shard_bytes);
+                sealed.extend_from_slice(&payload(frame)[..wanted]);
+                if sealed.len() == sealed_bytes {
+                    break;
+                }
+            }
+        } else {
+            // Degraded: rebuild the missing data shards from the parity ones.
+            let mut payloads: Vec<Option<Vec<u8>>> = (0..total)
+                .map(|index| {
+                    frames
+                        .get(index)
+                        .and_then(Option::as_ref)
+                        .map(|frame| payload(frame).to_vec())
+                })
+                .collect();
+            reed_solomon.reconstruct(&mut payloads)?;
+            for shard in payloads[..data_shards].iter().flatten() {
+                let wanted = (sealed_bytes - sealed.len()).min(shard.len());
+                sealed.extend_from_slice(&shard[..wanted]);
+            }
+        }
+        if sealed.len() != sealed_bytes || sealed_bytes < SEALED_HEADER_BYTES + TAG_BYTES {
+            return Err(CodecError::BadShard(
+                "reconstructed chunk is too short".into(),
+            ));
+        }
+        let flags = sealed[0];
+        let mut aad = [0u8; 25];
+        aad[..24].copy_from_slice(&place.associated_data());
+        aad[24] = flags;
+        let opened_bytes = self
+            .cipher
+            .open_in_place(&aad, &mut sealed[1..])
+            .ok_or(CodecError::Decrypt)?;
+        let opened = SEALED_HEADER_BYTES..SEALED_HEADER_BYTES + opened_bytes;
+        let (decoded, unused) = if flags & FLAG_COMPRESSED != 0 {
+            spare.clear();
+            spare.reserve(plain_bytes);
+            let written = zstd::bulk::Decompressor::new()
+                .and_then(|mut decompressor| {
+                    decompressor.decompress_to_buffer(&sealed[opened], &mut spare)
+                })
+                .map_err(|e| CodecError::Decompress(e.to_string()))?;
+            let decoded = DecodedChunk {
+                buffer: spare,
+                range: 0..written,
+            };
+            (decoded, sealed)
+        } else {
+            let decoded = DecodedChunk {
+                buffer: sealed,
+                range: opened,
+            };
+            (decoded, spare)
+        };
+        if decoded.range.len() != plain_bytes || hashing.hash(decoded.plain())?.0 != info.hash {
+            return Err(CodecError::HashMismatch);
+        }
+        Ok((decoded, unused))
     }
 
     /// The verified payloads of `frames` by index, and the indexes of frames that failed.

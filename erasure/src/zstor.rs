@@ -19,8 +19,8 @@ use serde::{Deserialize, Serialize};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
 use crate::codec::{
-    ChunkCodec, ChunkHash, ChunkPlace, CodecError, EncodedChunk, ReedSolomon, RsCodecId, Scratch,
-    IN_PLACE_HEADROOM_BYTES,
+    ChunkCodec, ChunkHash, ChunkPlace, CodecError, DecodedChunk, EncodedChunk, ReedSolomon,
+    RsCodecId, Scratch, IN_PLACE_HEADROOM_BYTES,
 };
 use crate::config::{backend_address, Config, ConfigError};
 use crate::meta::{self, ChunkEntry, MetaCodec, MetaError, ObjectHead, Page, CHUNKS_PER_PAGE};
@@ -30,6 +30,14 @@ use crate::store::{open_store, ChunkStore, StoreError};
 /// Chunks being encoded, written or read at once; bounds memory to about this many chunks
 /// (times 1.5 for parity).
 pub const CHUNKS_IN_FLIGHT: usize = 4;
+/// Chunks one get fetches and decodes ahead of the one it is writing; bounds its memory to
+/// about this many chunks (each: the shard frames, the gathered chunk, a spare buffer).
+pub const GET_CHUNKS_IN_FLIGHT: usize = 8;
+/// How long a chunk's first k shard reads may take before every other shard of the chunk is
+/// read too and the first k that verify are used (and how long a head read waits for every
+/// backend before a quorum of answers will do): a slow or hung backend delays a get by
+/// about this much, not by [`BACKEND_OP_TIMEOUT_MS`].
+pub const READ_HEDGE_AFTER_MS: u64 = 500;
 /// How long one backend operation may take before the backend counts as failed.
 pub const BACKEND_OP_TIMEOUT_MS: u64 = 30_000;
 /// Most object names `list` returns.
@@ -254,6 +262,8 @@ struct BufferPool {
     plain: std::sync::Mutex<Vec<Vec<u8>>>,
     sealed: std::sync::Mutex<Vec<Vec<u8>>>,
     frames: std::sync::Mutex<Vec<Vec<u8>>>,
+    /// Buffers chunks are gathered, decrypted and decompressed in by gets.
+    read: std::sync::Mutex<Vec<Vec<u8>>>,
 }
 
 /// Room beyond a chunk's bytes in a read buffer: headroom, tag, Reed-Solomon padding, and
@@ -262,6 +272,9 @@ const CHUNK_SLACK_BYTES: usize = 64 * 1024;
 
 /// Most buffers of one kind a pool keeps (frames: this many per shard of a chunk).
 const POOLED_BUFFERS_MAX: usize = CHUNKS_IN_FLIGHT + 2;
+
+/// Most spare read buffers a pool keeps: a get in full flight uses about one per chunk.
+const READ_BUFFERS_MAX: usize = GET_CHUNKS_IN_FLIGHT + 2;
 
 fn lock<T>(mutex: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     mutex
@@ -284,6 +297,19 @@ impl BufferPool {
         let mut plain = lock(&self.plain);
         if plain.len() < POOLED_BUFFERS_MAX {
             plain.push(buffer);
+        }
+    }
+
+    /// A buffer for reading a chunk into, reused when one is spare (empty otherwise: it
+    /// grows to what the chunk needs).
+    fn take_read(&self) -> Vec<u8> {
+        lock(&self.read).pop().unwrap_or_default()
+    }
+
+    fn put_read(&self, buffer: Vec<u8>) {
+        let mut read = lock(&self.read);
+        if read.len() < READ_BUFFERS_MAX && buffer.capacity() > 0 {
+            read.push(buffer);
         }
     }
 
@@ -317,6 +343,185 @@ impl BufferPool {
 struct ShardFetch {
     index: usize,
     result: Result<Option<Vec<u8>>, StoreError>,
+}
+
+/// Tasks whose results are taken in the order they were started; the ones still running
+/// are aborted when this is dropped.
+struct OrderedTasks<T>(std::collections::VecDeque<tokio::task::JoinHandle<T>>);
+
+impl<T> Drop for OrderedTasks<T> {
+    fn drop(&mut self) {
+        for task in &self.0 {
+            task.abort();
+        }
+    }
+}
+
+/// What the chunk readers of one get share.
+struct ObjectReader {
+    head: ObjectHead,
+    codec: Arc<ChunkCodec>,
+    /// The object's backends (by index in `head.backends`), `None` when no longer configured.
+    stores: Vec<Option<Backend>>,
+    buffers: Arc<BufferPool>,
+    /// Backends (by index in `head.backends`) that failed, returned a bad shard or were still
+    /// busy at the hedge bound during this get: later chunks read them last.
+    avoided: Vec<std::sync::atomic::AtomicBool>,
+}
+
+impl ObjectReader {
+    fn avoid(&self, backend: usize) {
+        if let Some(flag) = self.avoided.get(backend) {
+            flag.store(true, std::sync::atomic::Ordering::Relaxed);
+        }
+    }
+
+    fn is_avoided(&self, backend: usize) -> bool {
+        self.avoided
+            .get(backend)
+            .is_some_and(|flag| flag.load(std::sync::atomic::Ordering::Relaxed))
+    }
+
+    /// Fetches one chunk's shards and decodes it; returns the plaintext and how many shards
+    /// were bad.
+    ///
+    /// k shards are read at once, data shards of backends not avoided first (no
+    /// Reed-Solomon needed then), one more for each that fails or does not verify. Shards
+    /// not in after [`READ_HEDGE_AFTER_MS`] no longer hold the chunk up: every remaining
+    /// shard is read too, and the first k that verify are used. Decoding runs on the
+    /// blocking pool, in buffers from the pool.
+    async fn read_chunk(
+        &self,
+        chunk: u64,
+        entry: &ChunkEntry,
+    ) -> Result<(DecodedChunk, usize), ZstorError> {
+        let head = &self.head;
+        let data_shards = head.data_shards as usize;
+        let total = data_shards + head.parity_shards as usize;
+        if entry.placement.len() != total
+            || entry
+                .placement
+                .iter()
+                .any(|&backend| backend as usize >= head.backends.len())
+        {
+            return Err(ZstorError::MetadataUnavailable {
+                name: display_name(&head.name),
+                failed: format!("chunk {chunk} names backends the object does not have"),
+            });
+        }
+        let backend_of = |index: usize| entry.placement[index] as usize;
+        let fetch = |index: usize| {
+            let backend = self.stores[backend_of(index)].clone();
+            let key = meta::shard_key(&head.object_id, chunk, index as u8);
+            let address = head.backends[backend_of(index)].clone();
+            async move {
+                let result = match &backend {
+                    Some(backend) => timed(&backend.store, backend.store.get(&key)).await,
+                    None => Err(StoreError::Backend {
+                        store: address,
+                        reason: "no longer in the config".into(),
+                    }),
+                };
+                ShardFetch { index, result }
+            }
+        };
+        // Stable sort: data shards before parity, avoided backends last.
+        let mut order: Vec<usize> = (0..total).collect();
+        order.sort_by_key(|&index| self.is_avoided(backend_of(index)));
+        let mut order = order.into_iter();
+        let mut running: FuturesUnordered<_> =
+            order.by_ref().take(data_shards).map(fetch).collect();
+        let mut answered = vec![false; total];
+        let hedge = tokio::time::sleep(Duration::from_millis(READ_HEDGE_AFTER_MS));
+        tokio::pin!(hedge);
+        let mut hedged = false;
+        let mut frames: Vec<Option<Vec<u8>>> = vec![None; total];
+        let mut intact = 0;
+        let mut failures = Vec::new();
+        while intact < data_shards {
+            tokio::select! {
+                fetched = running.next() => {
+                    let Some(ShardFetch { index, result }) = fetched else {
+                        break;
+                    };
+                    answered[index] = true;
+                    let address = &head.backends[backend_of(index)];
+                    let failure = match result {
+                        Ok(Some(frame)) => {
+                            match self.codec.verify_shard(&entry.info, index, &frame) {
+                                Ok(_) => {
+                                    frames[index] = Some(frame);
+                                    intact += 1;
+                                    None
+                                }
+                                Err(error) => Some(format!("{address}: shard {index}: {error}")),
+                            }
+                        }
+                        Ok(None) => Some(format!("{address}: shard {index} missing")),
+                        Err(error) => Some(describe(address, &error)),
+                    };
+                    if let Some(failure) = failure {
+                        self.avoid(backend_of(index));
+                        failures.push(failure);
+                        if intact + running.len() < data_shards {
+                            running.extend(order.next().map(fetch));
+                        }
+                    }
+                }
+                () = &mut hedge, if !hedged => {
+                    hedged = true;
+                    // Started (no longer in `order`) and not answered: slow.
+                    for (index, _) in answered.iter().enumerate().filter(|(_, answered)| !**answered) {
+                        if !order.as_slice().contains(&index) {
+                            self.avoid(backend_of(index));
+                        }
+                    }
+                    running.extend(order.by_ref().map(fetch));
+                }
+            }
+        }
+        // Reads still running are dropped: the zdb store finishes each in its own task, so
+        // its connection stays in step.
+        drop(running);
+        if intact < data_shards {
+            return Err(ZstorError::ReadFailed {
+                chunk,
+                available: intact,
+                needed: data_shards,
+                failed: join_failures(&failures),
+            });
+        }
+        let hashing = chunk_hashing(head, chunk).map_err(|source| ZstorError::Codec {
+            name: display_name(&head.name),
+            chunk,
+            source,
+        })?;
+        let place = ChunkPlace {
+            object_id: head.object_id,
+            chunk_index: chunk,
+        };
+        let codec = self.codec.clone();
+        let buffers = self.buffers.clone();
+        let info = entry.info.clone();
+        let decoded = tokio::task::spawn_blocking(move || {
+            let (sealed, spare) = (buffers.take_read(), buffers.take_read());
+            let (decoded, unused) =
+                codec.decode_verified(place, &info, &frames, hashing, sealed, spare)?;
+            buffers.put_read(unused);
+            Ok(decoded)
+        })
+        .await
+        .map_err(|e| ZstorError::Io {
+            context: "chunk decoder".into(),
+            source: std::io::Error::other(e.to_string()),
+        })?
+        .map_err(|source| ZstorError::Codec {
+            name: display_name(&head.name),
+            chunk,
+            source,
+        })?;
+        Ok((decoded, failures.len()))
+    }
 }
 
 /// A zstor client over a set of backends.
@@ -816,27 +1021,51 @@ impl Zstor {
     async fn read_head_any(&self, name: &[u8]) -> Result<Option<ObjectHead>, ZstorError> {
         let key = meta::head_key(name)?;
         let key = &key;
-        let reads = self.backends.iter().map(|backend| async move {
-            let result = timed(&backend.store, backend.store.get(key)).await;
-            (backend, result)
-        });
+        let mut reads: FuturesUnordered<_> = self
+            .backends
+            .iter()
+            .map(|backend| async move {
+                let result = timed(&backend.store, backend.store.get(key)).await;
+                (backend, result)
+            })
+            .collect();
+        // Every stored head is on at least `metadata_copies_needed` backends, so the
+        // answers of any `quorum` backends include the newest. Every backend is waited for
+        // up to the hedge bound; past it, a quorum of answers is enough.
+        let quorum = (self.backends.len() + 1).saturating_sub(self.metadata_copies_needed());
+        let bound = tokio::time::sleep(Duration::from_millis(READ_HEDGE_AFTER_MS));
+        tokio::pin!(bound);
+        let mut bound_passed = false;
+        let mut answered = 0;
         let mut newest: Option<ObjectHead> = None;
         let mut failures = Vec::new();
-        for (backend, result) in futures::future::join_all(reads).await {
-            match result {
-                Ok(Some(record)) => match self.meta.decode_head(name, &record) {
-                    Ok(head) => {
-                        if newest
-                            .as_ref()
-                            .is_none_or(|current| head.generation > current.generation)
-                        {
-                            newest = Some(head);
-                        }
+        loop {
+            tokio::select! {
+                read = reads.next() => {
+                    let Some((backend, result)) = read else {
+                        break;
+                    };
+                    match result {
+                        Ok(Some(record)) => match self.meta.decode_head(name, &record) {
+                            Ok(head) => {
+                                answered += 1;
+                                if newest
+                                    .as_ref()
+                                    .is_none_or(|current| head.generation > current.generation)
+                                {
+                                    newest = Some(head);
+                                }
+                            }
+                            Err(error) => failures.push(describe(&backend.address, &error)),
+                        },
+                        Ok(None) => answered += 1,
+                        Err(error) => failures.push(describe(&backend.address, &error)),
                     }
-                    Err(error) => failures.push(describe(&backend.address, &error)),
-                },
-                Ok(None) => {}
-                Err(error) => failures.push(describe(&backend.address, &error)),
+                }
+                () = &mut bound, if !bound_passed => bound_passed = true,
+            }
+            if bound_passed && answered >= quorum.max(1) {
+                break;
             }
         }
         if newest.is_none() && failures.len() > self.config.parity_shards {
@@ -902,6 +1131,11 @@ impl Zstor {
 
     /// Writes object `name` to `output`. Nothing is written for a chunk that does not
     /// verify; on error the output holds a prefix of the object and the error says why.
+    ///
+    /// Up to [`GET_CHUNKS_IN_FLIGHT`] chunks are fetched and decoded at once, each in its own
+    /// task (shards fetched concurrently, decoded on the blocking pool), while the chunk
+    /// before them is written: fetching, decoding and writing overlap, and the output still
+    /// gets the chunks in order.
     pub async fn get(
         &self,
         name: &[u8],
@@ -910,40 +1144,55 @@ impl Zstor {
     ) -> Result<GetReport, ZstorError> {
         let head = self.read_head(name).await?;
         let entries = self.read_entries(&head).await?;
-        let codec = self.codec_for(&head)?;
-        let stores = self.stores_for(&head);
-        let mut chunks = FuturesOrdered::new();
+        let reader = Arc::new(ObjectReader {
+            codec: self.codec_for(&head)?,
+            stores: self.stores_for(&head),
+            buffers: self.buffers.clone(),
+            avoided: head
+                .backends
+                .iter()
+                .map(|_| std::sync::atomic::AtomicBool::new(false))
+                .collect(),
+            head,
+        });
+        let head = &reader.head;
+        // Aborted when dropped: a failed or cancelled get leaves no fetches running.
+        let mut tasks = OrderedTasks(std::collections::VecDeque::new());
         let mut next_chunk = 0usize;
         let mut hasher = blake3::Hasher::new();
         let mut written = 0u64;
         let mut bad_shards = 0u64;
         loop {
-            while chunks.len() < CHUNKS_IN_FLIGHT && next_chunk < entries.len() {
-                chunks.push_back(self.fetch_chunk(
-                    &head,
-                    &codec,
-                    &stores,
-                    next_chunk as u64,
-                    &entries[next_chunk],
-                ));
+            while tasks.0.len() < GET_CHUNKS_IN_FLIGHT && next_chunk < entries.len() {
+                let reader = reader.clone();
+                let entry = entries[next_chunk].clone();
+                let chunk = next_chunk as u64;
+                tasks.0.push_back(tokio::spawn(async move {
+                    reader.read_chunk(chunk, &entry).await
+                }));
                 next_chunk += 1;
             }
-            let Some(result) = chunks.next().await else {
+            let Some(task) = tasks.0.pop_front() else {
                 break;
             };
-            let (plain, bad) = result?;
+            let (decoded, bad) = task.await.map_err(|e| ZstorError::Io {
+                context: "chunk reader".into(),
+                source: std::io::Error::other(e.to_string()),
+            })??;
             bad_shards += bad as u64;
+            let plain = decoded.plain();
             if !head.tree_hashes {
-                hasher.update(&plain);
+                hasher.update(plain);
             }
             output
-                .write_all(&plain)
+                .write_all(plain)
                 .await
                 .map_err(|source| ZstorError::Io {
                     context: format!("writing object {:?}", display_name(name)),
                     source,
                 })?;
             written += plain.len() as u64;
+            self.buffers.put_read(decoded.buffer);
             progress(written);
         }
         output.flush().await.map_err(|source| ZstorError::Io {
@@ -993,98 +1242,6 @@ impl Zstor {
             .iter()
             .map(|address| self.backend_by_address(address).cloned())
             .collect()
-    }
-
-    /// Fetches shards, data shards first, starting one more for each that fails, until k
-    /// verify; then decodes. Returns the plaintext and how many shards were bad.
-    async fn fetch_chunk(
-        &self,
-        head: &ObjectHead,
-        codec: &Arc<ChunkCodec>,
-        stores: &[Option<Backend>],
-        chunk: u64,
-        entry: &ChunkEntry,
-    ) -> Result<(Vec<u8>, usize), ZstorError> {
-        let data_shards = head.data_shards as usize;
-        let total = data_shards + head.parity_shards as usize;
-        let fetch = |index: usize| {
-            let backend = stores
-                .get(entry.placement[index] as usize)
-                .cloned()
-                .flatten();
-            let key = meta::shard_key(&head.object_id, chunk, index as u8);
-            let address = head.backends[entry.placement[index] as usize].clone();
-            async move {
-                let result = match &backend {
-                    Some(backend) => timed(&backend.store, backend.store.get(&key)).await,
-                    None => Err(StoreError::Backend {
-                        store: address,
-                        reason: "no longer in the config".into(),
-                    }),
-                };
-                ShardFetch { index, result }
-            }
-        };
-        let mut running: FuturesUnordered<_> = (0..data_shards).map(fetch).collect();
-        let mut next = data_shards;
-        let mut frames: Vec<Option<Vec<u8>>> = vec![None; total];
-        let mut intact = 0;
-        let mut failures = Vec::new();
-        while let Some(ShardFetch { index, result }) = running.next().await {
-            let address = &head.backends[entry.placement[index] as usize];
-            match result {
-                Ok(Some(frame)) => match codec.verify_shard(&entry.info, index, &frame) {
-                    Ok(_) => {
-                        frames[index] = Some(frame);
-                        intact += 1;
-                    }
-                    Err(error) => failures.push(format!("{address}: shard {index}: {error}")),
-                },
-                Ok(None) => failures.push(format!("{address}: shard {index} missing")),
-                Err(error) => failures.push(describe(address, &error)),
-            }
-            if intact >= data_shards {
-                break;
-            }
-            let outstanding = running.len();
-            if intact + outstanding < data_shards && next < total {
-                running.push(fetch(next));
-                next += 1;
-            }
-        }
-        drop(running);
-        if intact < data_shards {
-            return Err(ZstorError::ReadFailed {
-                chunk,
-                available: intact,
-                needed: data_shards,
-                failed: join_failures(&failures),
-            });
-        }
-        let codec = codec.clone();
-        let info = entry.info.clone();
-        let place = ChunkPlace {
-            object_id: head.object_id,
-            chunk_index: chunk,
-        };
-        let hashing = chunk_hashing(head, chunk).map_err(|source| ZstorError::Codec {
-            name: display_name(&head.name),
-            chunk,
-            source,
-        })?;
-        let decoded =
-            tokio::task::spawn_blocking(move || codec.decode_with(place, &info, &frames, hashing))
-                .await
-                .map_err(|e| ZstorError::Io {
-                    context: "chunk decoder".into(),
-                    source: std::io::Error::other(e.to_string()),
-                })?;
-        let (plain, _) = decoded.map_err(|source| ZstorError::Codec {
-            name: display_name(&head.name),
-            chunk,
-            source,
-        })?;
-        Ok((plain, failures.len()))
     }
 
     // ---------------------------------------------------------------- list, delete

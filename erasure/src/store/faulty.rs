@@ -22,6 +22,8 @@ pub struct FaultPlan {
     pub write_failure_probability: f64,
     /// Writes claim success but store nothing (a lying backend).
     pub drop_writes: bool,
+    /// Every read answers only after this many milliseconds (a slow or hung backend).
+    pub read_delay_ms: u64,
 }
 
 #[derive(Debug)]
@@ -83,6 +85,10 @@ impl FaultyStore {
 impl ChunkStore for FaultyStore {
     async fn get(&self, id: &[u8]) -> Result<Option<Vec<u8>>, StoreError> {
         self.check_up()?;
+        let delay_ms = self.plan().read_delay_ms;
+        if delay_ms > 0 {
+            tokio::time::sleep(std::time::Duration::from_millis(delay_ms)).await;
+        }
         let mut value = self.inner.get(id).await?;
         if let Some(data) = value.as_mut() {
             if self.plan().corrupt_reads && !data.is_empty() {
