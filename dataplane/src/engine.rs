@@ -36,10 +36,16 @@ pub const SEGMENT_BYTES_DEFAULT: u64 = 256 * 1024 * 1024;
 pub const SEGMENT_BYTES_MAX: u64 = u32::MAX as u64;
 /// Bytes of records a namespace may hold in memory, not yet written, before writers wait.
 pub const PENDING_BYTES_MAX: usize = 64 * 1024 * 1024;
-/// Under a periodic durability policy, the flusher starts a round at most this often, so that
-/// a round carries many records. This is also the most a killed process can lose of what it
-/// replied to (a machine crash can lose up to the sync interval).
+/// When the flusher is woken by bytes piling up, it starts a round at most this often, so that
+/// a round carries many records.
 pub const FLUSH_ROUND_INTERVAL_MIN: Duration = Duration::from_millis(1);
+/// Pending bytes of a namespace past which a write wakes the flusher, so that a long pipeline
+/// (or a caller of the library that does not commit) is written while it goes on.
+const FLUSHER_WAKE_BYTES: usize = 4 * 1024 * 1024;
+/// How often the flusher looks for work when nobody wakes it: records appended by callers
+/// that never commit reach the files within this, and under `--sync` snapshots are written
+/// at this pace.
+const FLUSHER_TICK_IDLE: Duration = Duration::from_millis(500);
 /// New segments get ids that are multiples of this; compaction output takes the ids between
 /// the last segment it compacts and the next multiple.
 pub const SEGMENT_ID_STRIDE: u32 = 1024;
@@ -49,6 +55,8 @@ pub const COMPACT_GARBAGE_RATIO_DEFAULT: f64 = 0.5;
 pub const COMPACT_LOG_BYTES_MIN: u64 = 64 * 1024 * 1024;
 /// Index entries switched to their compacted copy per lock hold (bounds the pause).
 const COMPACT_SWITCH_BATCH: usize = 4096;
+/// How often a compaction waiting for another one of the same namespace looks again.
+const COMPACT_WAIT_POLL: Duration = Duration::from_millis(10);
 /// Damaged records remembered per namespace for INFO and logs (all are counted).
 pub const DAMAGE_REPORTS_MAX: usize = 1000;
 /// A namespace name is at most this long and uses only `[A-Za-z0-9._-]`.
@@ -459,9 +467,12 @@ pub struct Namespace {
     snapshot_writer: Mutex<()>,
 }
 
-/// Durability progress, published by the flusher.
+/// Write and durability progress, published by each write or sync round.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Progress {
+    /// Every write with a ticket at or below this is in its file (a crash of the process
+    /// cannot lose it; a crash of the machine can, until it is durable).
+    pub written_ticket: u64,
     /// Every write with a ticket at or below this is durable.
     pub durable_ticket: u64,
     /// Flush rounds completed (pending memory was released).
@@ -470,9 +481,21 @@ pub struct Progress {
     pub failed: bool,
 }
 
+/// What write and sync rounds share; its lock keeps rounds from overlapping.
+#[derive(Debug, Default)]
+struct RoundState {
+    /// Files written since their last fdatasync.
+    dirty_files: Vec<Arc<File>>,
+    rounds: u64,
+}
+
 #[derive(Debug, Default)]
 struct FlushSignal {
     wake: bool,
+    /// A commit waits for this round: no gathering pause.
+    urgent: bool,
+    /// A commit waits for this round to be durable.
+    sync_requested: bool,
     shutdown: bool,
 }
 
@@ -491,6 +514,8 @@ pub struct Engine {
     /// Set with `failure`, read without a lock on every write.
     failed: AtomicBool,
     flusher: Mutex<Option<JoinHandle<()>>>,
+    /// Held by a write or sync round (taken before any namespace lock).
+    round: Mutex<RoundState>,
     /// One automatic compaction at a time, server-wide.
     compaction_running: Arc<AtomicBool>,
     /// The value cache's server-wide budget.
@@ -512,6 +537,7 @@ impl Engine {
         std::fs::create_dir_all(&config.data_dir)?;
         std::fs::create_dir_all(&config.index_dir)?;
         let (progress, _) = watch::channel(Progress {
+            written_ticket: 0,
             durable_ticket: 0,
             rounds: 0,
             failed: false,
@@ -529,6 +555,7 @@ impl Engine {
             failure: Mutex::new(None),
             failed: AtomicBool::new(false),
             flusher: Mutex::new(None),
+            round: Mutex::new(RoundState::default()),
             compaction_running: Arc::new(AtomicBool::new(false)),
             cache_budget,
         });
@@ -580,20 +607,6 @@ impl Engine {
     /// Set when a write or sync failed: the engine then refuses writes.
     pub fn failure(&self) -> Option<String> {
         lock(&self.failure).clone()
-    }
-
-    /// Waits until every write up to `ticket` is durable.
-    pub async fn wait_durable(&self, ticket: u64) -> Result<()> {
-        let mut receiver = self.progress.subscribe();
-        let progress = receiver
-            .wait_for(|p| p.durable_ticket >= ticket || p.failed)
-            .await
-            .map_err(|_| EngineError::Failed("engine stopped".into()))?;
-        if progress.durable_ticket >= ticket {
-            Ok(())
-        } else {
-            Err(EngineError::Failed(self.failure().unwrap_or_default()))
-        }
     }
 
     /// Waits while the namespace holds more than `pending_bytes_max` bytes not yet written.
@@ -822,8 +835,11 @@ impl Engine {
         });
         state.index.insert(Key::new(key_owned), entry);
         let ticket = self.issued_ticket.fetch_add(1, Ordering::AcqRel) + 1;
+        let wake = state.pending_bytes >= FLUSHER_WAKE_BYTES;
         drop(state);
-        self.wake_flusher();
+        if wake {
+            self.wake_flusher();
+        }
         Ok(SetOutcome::Stored {
             assigned_id,
             ticket,
@@ -856,8 +872,11 @@ impl Engine {
         state.index.remove(key);
         state.live_bytes -= old.value_len() as u64;
         let ticket = self.issued_ticket.fetch_add(1, Ordering::AcqRel) + 1;
+        let wake = state.pending_bytes >= FLUSHER_WAKE_BYTES;
         drop(state);
-        self.wake_flusher();
+        if wake {
+            self.wake_flusher();
+        }
         Ok(ticket)
     }
 
@@ -1555,14 +1574,10 @@ impl Engine {
     /// that its files hold every record acknowledged so far. Holds the namespace lock while it
     /// writes (a bounded pause); returns the chain head and record count at that point.
     fn flush_now(&self, namespace: &Namespace) -> Result<([u8; LINK_BYTES], u64)> {
-        loop {
+        // No round runs meanwhile: nothing is in flight, so nothing is being sealed.
+        let _round = lock(&self.round);
+        {
             let state = lock(&namespace.state);
-            if !state.inflight.is_empty() {
-                // The flusher is writing some of our records: let it finish first.
-                drop(state);
-                std::thread::sleep(Duration::from_micros(200));
-                continue;
-            }
             // Nothing in flight, so nothing is being sealed: this cannot wait.
             let mut state = seal_pending(namespace, state);
             let pending = std::mem::take(&mut state.pending);
@@ -1585,13 +1600,11 @@ impl Engine {
                 .collect();
             let sync: Vec<&File> = files.iter().map(|f| f.as_ref()).collect();
             if let Err(error) = self.io.write_batch(&requests, &sync) {
-                tracing::error!(%error, "write to disk failed: refusing writes from now on");
-                *lock(&self.failure) = Some(error.to_string());
-                self.failed.store(true, Ordering::Release);
-                return Err(error.into());
+                drop(state);
+                return Err(self.fail(error));
             }
             state.pending_bytes = state.pending_bytes.saturating_sub(written);
-            return Ok((state.chain_head, state.next_sequence));
+            Ok((state.chain_head, state.next_sequence))
         }
     }
 
@@ -1824,13 +1837,15 @@ impl Engine {
         // Seal the active segment so that everything written so far can be compacted.
         let (inputs, output_first, output_last, segments_before, log_bytes_before) = {
             let mut state = lock(&namespace.state);
+            // One compaction of a namespace at a time: an explicit COMPACT that finds the
+            // automatic one running waits for it, then compacts what is left.
+            while state.compacting {
+                drop(state);
+                std::thread::sleep(COMPACT_WAIT_POLL);
+                state = lock(&namespace.state);
+            }
             let held = Instant::now();
             state.writable()?;
-            if state.compacting {
-                return Err(EngineError::Failed(
-                    "a compaction of this namespace is already running".into(),
-                ));
-            }
             if state.damaged_total > 0 {
                 return Err(EngineError::Corrupt {
                     segment: 0,
@@ -2141,41 +2156,47 @@ impl Engine {
         }
     }
 
+    /// The flusher thread: writes what gathered when nobody committed it (large pipelines,
+    /// callers of the library that do not commit), makes written records durable at least
+    /// every sync interval, and writes index snapshots and starts compactions after syncs.
     fn flusher_loop(self: Arc<Self>) {
         let sync_interval = match self.config.durability {
-            Durability::Sync => Duration::ZERO,
+            Durability::Sync => FLUSHER_TICK_IDLE,
             Durability::Periodic(interval) => interval,
         };
-        let mut dirty_files: Vec<Arc<File>> = Vec::new();
         let mut last_sync = Instant::now();
-        let mut rounds = 0u64;
         let mut last_round = Instant::now();
         loop {
-            let shutdown = {
+            let (woken, urgent, sync_requested, shutdown) = {
                 let mut signal = lock(&self.signal);
+                let mut woken = signal.wake;
                 while !signal.wake && !signal.shutdown {
-                    let timeout = if dirty_files.is_empty() {
-                        Duration::from_millis(500)
-                    } else {
+                    let dirty = !lock(&self.round).dirty_files.is_empty();
+                    let timeout = if dirty {
                         sync_interval
                             .saturating_sub(last_sync.elapsed())
                             .max(Duration::from_millis(1))
+                    } else {
+                        FLUSHER_TICK_IDLE
                     };
                     let (guard, result) = self
                         .signal_cond
                         .wait_timeout(signal, timeout)
                         .unwrap_or_else(|p| p.into_inner());
                     signal = guard;
+                    woken = signal.wake;
                     if result.timed_out() {
                         break;
                     }
                 }
                 signal.wake = false;
-                signal.shutdown
+                let urgent = std::mem::take(&mut signal.urgent);
+                let sync_requested = std::mem::take(&mut signal.sync_requested);
+                (woken, urgent, sync_requested, signal.shutdown)
             };
-            // Under a periodic policy nobody waits for the write: let records gather for a
-            // moment so each round (and its context switches) carries many of them.
-            if !sync_interval.is_zero() && !shutdown {
+            // Woken because bytes piled up: let more gather for a moment so each round (and
+            // its context switches) carries many records.
+            if woken && !urgent && !shutdown {
                 let since = last_round.elapsed();
                 if since < FLUSH_ROUND_INTERVAL_MIN {
                     std::thread::sleep(FLUSH_ROUND_INTERVAL_MIN - since);
@@ -2183,155 +2204,25 @@ impl Engine {
             }
             last_round = Instant::now();
             self.wake_pending.store(false, Ordering::Release);
-            let target_ticket = self.issued_ticket.load(Ordering::Acquire);
-            let namespaces: Vec<Arc<Namespace>> = self
-                .namespaces
-                .read()
-                .unwrap_or_else(|p| p.into_inner())
-                .values()
-                .cloned()
-                .collect();
-            // Take every namespace's pending bytes.
-            let mut batch: Vec<FlushWrite> = Vec::new();
-            for namespace in &namespaces {
-                let mut state = lock(&namespace.state);
-                if state.pending.is_empty() || state.sealing {
-                    continue;
-                }
-                // Take the pending records, seal what is not sealed yet here, off the lock
-                // (the hashing that would otherwise slow every SET), then publish them.
-                let mut pending = std::mem::take(&mut state.pending);
-                pending.retain(|chunk| state.files.contains_key(&chunk.segment));
-                let unsealed = pending.iter().any(|c| c.sealed < c.data.len());
-                if unsealed {
-                    let mut head = state.chain_head;
-                    state.sealing = true;
-                    for chunk in &pending {
-                        state.inflight.push(InflightChunk {
-                            segment: chunk.segment,
-                            offset: chunk.offset,
-                            length: chunk.data.len(),
-                            data: None,
-                        });
-                    }
-                    drop(state);
-                    for chunk in &mut pending {
-                        chunk.seal(&mut head);
-                    }
-                    state = lock(&namespace.state);
-                    state.chain_head = head;
-                    state.sealing = false;
-                }
-                for chunk in pending {
-                    let Some(file) = state.files.get(&chunk.segment).cloned() else {
-                        continue;
-                    };
-                    let data = Arc::new(chunk.data);
-                    let slot = state.inflight.iter_mut().find(|c| {
-                        c.data.is_none() && c.segment == chunk.segment && c.offset == chunk.offset
-                    });
-                    match slot {
-                        Some(slot) => slot.data = Some(Arc::clone(&data)),
-                        None => state.inflight.push(InflightChunk {
-                            segment: chunk.segment,
-                            offset: chunk.offset,
-                            length: data.len(),
-                            data: Some(Arc::clone(&data)),
-                        }),
-                    }
-                    batch.push((Arc::clone(namespace), file, chunk.offset, data));
-                }
-                // A chunk whose file went away meanwhile (FLUSH, deletion) is not written.
-                state.inflight.retain(|c| c.data.is_some());
-                drop(state);
-                if unsealed {
-                    namespace.sealed.notify_all();
-                }
+            let written = self.write_round();
+            if sync_requested && written.is_ok() {
+                // Failures are published to the waiters by the round itself.
+                let _ = self.sync_round(false, &[], false);
             }
-            for (_, file, _, _) in &batch {
-                if !dirty_files.iter().any(|f| Arc::ptr_eq(f, file)) {
-                    dirty_files.push(Arc::clone(file));
-                }
-            }
-            let sync_now = !dirty_files.is_empty()
-                && (sync_interval.is_zero() || shutdown || last_sync.elapsed() >= sync_interval);
-            let writes: Vec<WriteRequest<'_>> = batch
-                .iter()
-                .map(|(_, file, offset, data)| WriteRequest {
-                    file,
-                    offset: *offset,
-                    data,
-                })
-                .collect();
-            let sync_refs: Vec<&File> = if sync_now {
-                dirty_files.iter().map(|f| f.as_ref()).collect()
-            } else {
-                Vec::new()
-            };
-            let result = if writes.is_empty() && sync_refs.is_empty() {
-                Ok(())
-            } else {
-                self.io.write_batch(&writes, &sync_refs)
-            };
-            drop(writes);
-            drop(sync_refs);
-            // Release the written buffers.
-            for namespace in &namespaces {
-                let mut state = lock(&namespace.state);
-                let mut released = 0usize;
-                state.inflight.retain(|chunk| {
-                    let written = batch.iter().any(|(_, _, offset, data)| {
-                        chunk
-                            .data
-                            .as_ref()
-                            .is_some_and(|d| Arc::ptr_eq(data, d) && *offset == chunk.offset)
-                    });
-                    if written {
-                        released += chunk.length;
-                    }
-                    !written
-                });
-                state.pending_bytes = state.pending_bytes.saturating_sub(released);
-            }
-            rounds += 1;
-            match result {
-                Ok(()) => {
-                    if sync_now {
-                        dirty_files.clear();
-                        last_sync = Instant::now();
-                    }
-                    let durable = if sync_now || (dirty_files.is_empty() && batch.is_empty()) {
-                        target_ticket
-                    } else {
-                        self.progress.borrow().durable_ticket
-                    };
-                    let durable = durable.max(self.progress.borrow().durable_ticket);
-                    self.progress.send_replace(Progress {
-                        durable_ticket: durable,
-                        rounds,
-                        failed: false,
-                    });
-                    if sync_now || shutdown {
-                        self.snapshots(&namespaces, shutdown);
-                    }
-                    if sync_now && !shutdown {
+            let sync_due = shutdown || last_sync.elapsed() >= sync_interval;
+            if written.is_ok() && sync_due {
+                let namespaces = self.namespace_list();
+                let snapshot = shutdown || self.snapshots_due(&namespaces);
+                if self.sync_round(snapshot, &namespaces, shutdown).is_ok() {
+                    last_sync = Instant::now();
+                    if !shutdown {
                         self.start_automatic_compaction(&namespaces);
                     }
                 }
-                Err(error) => {
-                    tracing::error!(%error, "write to disk failed: refusing writes from now on");
-                    *lock(&self.failure) = Some(error.to_string());
-                    self.failed.store(true, Ordering::Release);
-                    let durable = self.progress.borrow().durable_ticket;
-                    self.progress.send_replace(Progress {
-                        durable_ticket: durable,
-                        rounds,
-                        failed: true,
-                    });
-                }
             }
             if shutdown {
-                let pending_left = namespaces
+                let pending_left = self
+                    .namespace_list()
                     .iter()
                     .any(|n| !lock(&n.state).pending.is_empty());
                 if !pending_left || self.failure().is_some() {
@@ -2339,6 +2230,251 @@ impl Engine {
                 }
             }
         }
+    }
+
+    fn namespace_list(&self) -> Vec<Arc<Namespace>> {
+        self.namespaces
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .values()
+            .cloned()
+            .collect()
+    }
+
+    /// Makes every write up to `ticket` reach its segment file (and, under `--sync`, the
+    /// disk) before the caller acknowledges it, as Redis writes its log before it replies.
+    /// The first caller yields once, so that the writes of every client served in this turn
+    /// of the event loop join one round, then wakes the flusher, which seals and writes the
+    /// round (and fdatasyncs it under `--sync`) on its own thread while the event loop goes
+    /// on serving; later callers find their writes covered by that round.
+    pub async fn commit(&self, ticket: u64) -> Result<()> {
+        self.commit_up_to(ticket, self.config.durability == Durability::Sync)
+            .await
+    }
+
+    /// Makes every write up to `ticket` durable, whatever the durability policy.
+    pub async fn wait_durable(&self, ticket: u64) -> Result<()> {
+        self.commit_up_to(ticket, true).await
+    }
+
+    async fn commit_up_to(&self, ticket: u64, durable: bool) -> Result<()> {
+        if self.committed(ticket, durable)? {
+            return Ok(());
+        }
+        tokio::task::yield_now().await;
+        let mut receiver = self.progress.subscribe();
+        if !self.committed(ticket, durable)? {
+            {
+                let mut signal = lock(&self.signal);
+                signal.wake = true;
+                signal.urgent = true;
+                signal.sync_requested |= durable;
+            }
+            self.signal_cond.notify_one();
+            receiver
+                .wait_for(|p| {
+                    p.failed
+                        || if durable {
+                            p.durable_ticket >= ticket
+                        } else {
+                            p.written_ticket >= ticket
+                        }
+                })
+                .await
+                .map_err(|_| EngineError::Failed("engine stopped".into()))?;
+        }
+        if self.committed(ticket, durable)? {
+            Ok(())
+        } else {
+            Err(EngineError::Failed("engine stopped".into()))
+        }
+    }
+
+    /// Whether every write up to `ticket` is written (and durable when `durable`); an error
+    /// when the storage failed before that.
+    fn committed(&self, ticket: u64, durable: bool) -> Result<bool> {
+        let progress = *self.progress.borrow();
+        let done = if durable {
+            progress.durable_ticket >= ticket
+        } else {
+            progress.written_ticket >= ticket
+        };
+        if done {
+            return Ok(true);
+        }
+        if progress.failed {
+            return Err(EngineError::Failed(self.failure().unwrap_or_default()));
+        }
+        Ok(false)
+    }
+
+    /// One write round: takes every namespace's pending records, seals the ones not sealed
+    /// yet (outside the namespace lock), writes them all in one batch and publishes the
+    /// written ticket. Rounds never overlap (`Engine::round`).
+    fn write_round(&self) -> Result<()> {
+        let mut round = lock(&self.round);
+        self.write_round_locked(&mut round)
+    }
+
+    fn write_round_locked(&self, round: &mut RoundState) -> Result<()> {
+        self.check_failed()?;
+        let target_ticket = self.issued_ticket.load(Ordering::Acquire);
+        let namespaces = self.namespace_list();
+        // Take every namespace's pending bytes.
+        let mut batch: Vec<FlushWrite> = Vec::new();
+        for namespace in &namespaces {
+            let mut state = lock(&namespace.state);
+            if state.pending.is_empty() || state.sealing {
+                continue;
+            }
+            // Take the pending records, seal what is not sealed yet here, off the lock
+            // (readers of those bytes wait on `Namespace::sealed`), then publish them.
+            let mut pending = std::mem::take(&mut state.pending);
+            pending.retain(|chunk| state.files.contains_key(&chunk.segment));
+            let unsealed = pending.iter().any(|c| c.sealed < c.data.len());
+            if unsealed {
+                let mut head = state.chain_head;
+                state.sealing = true;
+                for chunk in &pending {
+                    state.inflight.push(InflightChunk {
+                        segment: chunk.segment,
+                        offset: chunk.offset,
+                        length: chunk.data.len(),
+                        data: None,
+                    });
+                }
+                drop(state);
+                for chunk in &mut pending {
+                    chunk.seal(&mut head);
+                }
+                state = lock(&namespace.state);
+                state.chain_head = head;
+                state.sealing = false;
+            }
+            for chunk in pending {
+                let Some(file) = state.files.get(&chunk.segment).cloned() else {
+                    continue;
+                };
+                let data = Arc::new(chunk.data);
+                let slot = state.inflight.iter_mut().find(|c| {
+                    c.data.is_none() && c.segment == chunk.segment && c.offset == chunk.offset
+                });
+                match slot {
+                    Some(slot) => slot.data = Some(Arc::clone(&data)),
+                    None => state.inflight.push(InflightChunk {
+                        segment: chunk.segment,
+                        offset: chunk.offset,
+                        length: data.len(),
+                        data: Some(Arc::clone(&data)),
+                    }),
+                }
+                batch.push((Arc::clone(namespace), file, chunk.offset, data));
+            }
+            // A chunk whose file went away meanwhile (FLUSH, deletion) is not written.
+            state.inflight.retain(|c| c.data.is_some());
+            drop(state);
+            if unsealed {
+                namespace.sealed.notify_all();
+            }
+        }
+        for (_, file, _, _) in &batch {
+            if !round.dirty_files.iter().any(|f| Arc::ptr_eq(f, file)) {
+                round.dirty_files.push(Arc::clone(file));
+            }
+        }
+        let writes: Vec<WriteRequest<'_>> = batch
+            .iter()
+            .map(|(_, file, offset, data)| WriteRequest {
+                file,
+                offset: *offset,
+                data,
+            })
+            .collect();
+        let result = if writes.is_empty() {
+            Ok(())
+        } else {
+            self.io.write_batch(&writes, &[])
+        };
+        drop(writes);
+        // Release the written buffers.
+        for (namespace, _, offset, data) in &batch {
+            let mut state = lock(&namespace.state);
+            let mut released = 0usize;
+            state.inflight.retain(|chunk| {
+                let written = *offset == chunk.offset
+                    && chunk.data.as_ref().is_some_and(|d| Arc::ptr_eq(data, d));
+                if written {
+                    released += chunk.length;
+                }
+                !written
+            });
+            state.pending_bytes = state.pending_bytes.saturating_sub(released);
+        }
+        round.rounds += 1;
+        let rounds = round.rounds;
+        match result {
+            Ok(()) => {
+                self.progress.send_modify(|p| {
+                    p.written_ticket = p.written_ticket.max(target_ticket);
+                    p.rounds = rounds;
+                });
+                Ok(())
+            }
+            Err(error) => Err(self.fail(error)),
+        }
+    }
+
+    /// Makes every written record durable: fdatasyncs the files written since the last sync
+    /// and publishes the durable ticket. With `snapshot`, holds off write rounds until the
+    /// index snapshots that are due are written (a snapshot must cover only durable records).
+    fn sync_round(&self, snapshot: bool, namespaces: &[Arc<Namespace>], force: bool) -> Result<()> {
+        let mut round = lock(&self.round);
+        if snapshot {
+            // What is pending now would keep its namespace's snapshot waiting: write it too.
+            self.write_round_locked(&mut round)?;
+        }
+        self.check_failed()?;
+        let written = self.progress.borrow().written_ticket;
+        let files = std::mem::take(&mut round.dirty_files);
+        let held = if snapshot {
+            Some(round)
+        } else {
+            drop(round);
+            None
+        };
+        if !files.is_empty() {
+            let sync: Vec<&File> = files.iter().map(|f| f.as_ref()).collect();
+            if let Err(error) = self.io.write_batch(&[], &sync) {
+                return Err(self.fail(error));
+            }
+        }
+        self.progress.send_modify(|p| {
+            p.durable_ticket = p.durable_ticket.max(written);
+        });
+        if held.is_some() {
+            self.snapshots(namespaces, force);
+        }
+        Ok(())
+    }
+
+    /// Records a failed write or sync: from now on writes are refused and waiters are told.
+    fn fail(&self, error: io::Error) -> EngineError {
+        tracing::error!(%error, "write to disk failed: refusing writes from now on");
+        *lock(&self.failure) = Some(error.to_string());
+        self.failed.store(true, Ordering::Release);
+        self.progress.send_modify(|p| p.failed = true);
+        error.into()
+    }
+
+    /// Whether any namespace's index snapshot is due (see `Engine::snapshots`).
+    fn snapshots_due(&self, namespaces: &[Arc<Namespace>]) -> bool {
+        namespaces.iter().any(|namespace| {
+            let state = lock(&namespace.state);
+            state.changed_since_snapshot
+                && !state.deleted
+                && (state.snapshot_due
+                    || state.last_snapshot.elapsed() >= self.config.snapshot_interval)
+        })
     }
 
     /// Writes the index snapshot of every namespace that is due: a new segment was started, the

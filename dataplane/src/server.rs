@@ -11,7 +11,6 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::{TcpListener, UnixListener};
 use tokio::sync::Semaphore;
 
-use crate::engine::Durability;
 use crate::resp::commands::{self, ServerState, Session};
 use crate::resp::frame::{self, reply};
 
@@ -141,7 +140,6 @@ where
             return Ok(());
         }
     };
-    let wait_durable = state.engine.config().durability == Durability::Sync;
     let mut input = BytesMut::with_capacity(READ_CHUNK_BYTES);
     let mut out: Vec<u8> = Vec::with_capacity(READ_CHUNK_BYTES);
     let mut ranges = Vec::new();
@@ -181,15 +179,13 @@ where
                         break;
                     }
                     if out.len() >= REPLY_FLUSH_BYTES {
-                        flush_replies(state, &mut session, stream, &mut out, wait_durable && wrote)
-                            .await?;
+                        flush_replies(state, &mut session, stream, &mut out, wrote).await?;
                         wrote = false;
                     }
                 }
                 Ok(None) => break,
                 Err(error) => {
-                    flush_replies(state, &mut session, stream, &mut out, wait_durable && wrote)
-                        .await?;
+                    flush_replies(state, &mut session, stream, &mut out, wrote).await?;
                     let mut error_reply = Vec::new();
                     reply::error(&mut error_reply, &format!("ERR {error}"));
                     stream.write_all(&error_reply).await?;
@@ -198,7 +194,7 @@ where
             }
         }
         state.commands.fetch_add(executed, Ordering::Relaxed);
-        flush_replies(state, &mut session, stream, &mut out, wait_durable && wrote).await?;
+        flush_replies(state, &mut session, stream, &mut out, wrote).await?;
         if wrote {
             state.engine.wait_for_room(&session.namespace).await;
         }
@@ -208,21 +204,21 @@ where
     }
 }
 
-/// Writes the replies gathered so far, first waiting until this session's writes are durable
-/// when the policy is `--sync`. If they cannot be made durable the connection is closed
-/// without acknowledging them.
+/// Writes the replies gathered so far. When they acknowledge writes, those are committed
+/// first: in their segment files (default), or on disk (`--sync`). If they cannot be, the
+/// connection is closed without acknowledging them.
 async fn flush_replies<S>(
     state: &ServerState,
     session: &mut Session,
     stream: &mut S,
     out: &mut Vec<u8>,
-    wait_durable: bool,
+    wrote: bool,
 ) -> std::io::Result<()>
 where
     S: AsyncWrite + Unpin,
 {
-    if wait_durable {
-        if let Err(error) = state.engine.wait_durable(session.pending_ticket).await {
+    if wrote {
+        if let Err(error) = state.engine.commit(session.pending_ticket).await {
             tracing::error!(%error, "writes could not be made durable: closing the connection unacknowledged");
             return Err(std::io::Error::other(error.to_string()));
         }

@@ -67,8 +67,9 @@ struct Args {
     /// Reply to a write only once it is on disk (fdatasync, shared by every write of a batch).
     #[arg(long, conflicts_with = "synctime")]
     sync: bool,
-    /// Make writes durable at least every SECONDS seconds (default 1). A crash of the machine
-    /// loses at most that much; a crash of the process alone at most the last millisecond.
+    /// Make writes durable at least every SECONDS seconds (default 1). Replies are sent once
+    /// the write is in its file: a crash of the process loses nothing replied to, a crash of
+    /// the machine at most the last SECONDS seconds.
     #[arg(long, value_name = "SECONDS")]
     synctime: Option<u64>,
     /// Admin password: admin commands need AUTH with it. Without it every client is admin.
