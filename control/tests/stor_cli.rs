@@ -8,100 +8,19 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::io::Write;
-use std::net::TcpListener;
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
-use std::time::{Duration, Instant};
+use std::path::Path;
+use std::process::{Command, Output, Stdio};
+use std::time::Duration;
 
-fn zdb_binary() -> PathBuf {
-    if let Some(path) = std::env::var_os("ZDB_BIN") {
-        return PathBuf::from(path);
-    }
-    let zos = PathBuf::from(env!("CARGO_BIN_EXE_zos"));
-    let profile_dir = zos.parent().unwrap().to_path_buf();
-    let zdb = profile_dir.join("zdb");
-    if !zdb.exists() {
-        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-        let mut command = Command::new(cargo);
-        command
-            .args(["build", "-p", "dataplane", "--bin", "zdb"])
-            .env("CARGO_TARGET_DIR", profile_dir.parent().unwrap());
-        if profile_dir.file_name().unwrap() == "release" {
-            command.arg("--release");
-        }
-        assert!(
-            command.status().expect("running cargo").success(),
-            "building zdb failed"
-        );
-    }
-    zdb
-}
-
-struct Zdb(Child);
-
-/// A `zos stor daemon`, stopped when dropped.
-struct Daemon(Child);
-
-impl Drop for Daemon {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
+use fixtures::process::{free_port, wait_until, KillOnDrop};
+use fixtures::zdb::{zdb_binary, ZdbProcess};
 
 fn wait_for_socket(socket: &Path) {
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while !socket.exists() {
-        assert!(
-            Instant::now() < deadline,
-            "the daemon did not create its socket {}",
-            socket.display()
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    }
-}
-
-impl Drop for Zdb {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-fn start_zdb(binary: &Path, folder: &Path) -> (Zdb, u16) {
-    let port = TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
-    (start_zdb_on(binary, folder, port), port)
-}
-
-fn start_zdb_on(binary: &Path, folder: &Path, port: u16) -> Zdb {
-    let child = Command::new(binary)
-        .args(["--listen", "127.0.0.1", "--port", &port.to_string()])
-        .arg("--data")
-        .arg(folder.join("data"))
-        .arg("--index")
-        .arg(folder.join("index"))
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("starting zdb");
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-        assert!(Instant::now() < deadline, "zdb did not start");
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    Zdb(child)
+    assert!(
+        wait_until(Duration::from_secs(20), || socket.exists()),
+        "the daemon did not create its socket {}",
+        socket.display()
+    );
 }
 
 fn zos(args: &[&str], config: &Path, state: &Path) -> Output {
@@ -142,11 +61,11 @@ fn zos_stor_end_to_end() {
         "262144".into(),
     ];
     for index in 0..6 {
-        let (server, port) = start_zdb(&zdb, &folder.path().join(format!("z{index}")));
-        servers.push(Some(server));
-        ports.push(port);
+        let server = ZdbProcess::start(&zdb, &folder.path().join(format!("z{index}")), &[]);
+        ports.push(server.port());
+        servers.push(server);
         args.push("--backend".into());
-        args.push(format!("zdb://127.0.0.1:{port}/default"));
+        args.push(format!("zdb://127.0.0.1:{}/default", ports[index]));
     }
     let config = folder.path().join("stor.toml");
     let args: Vec<&str> = args.iter().map(String::as_str).collect();
@@ -280,7 +199,7 @@ fn zos_stor_end_to_end() {
     let tcp_port = free_port();
     let tcp = format!("http://127.0.0.1:{tcp_port}");
     let default_socket = state.join("zos/stor/zstor.sock");
-    let daemon = Daemon(
+    let daemon = KillOnDrop(
         Command::new(env!("CARGO_BIN_EXE_zos"))
             .args([
                 "stor",
@@ -311,7 +230,7 @@ fn zos_stor_end_to_end() {
     );
 
     // A backend dies: a put still succeeds with a warning; check fails; status names it.
-    servers[3] = None;
+    servers[3].kill();
     let put = zos(
         &["stor", "put", input.to_str().unwrap(), "--key", "degraded"],
         &config,
@@ -384,14 +303,14 @@ fn zos_stor_end_to_end() {
     );
 
     // Too many down: a put fails, names the backends, and a get fails without leaving a file.
-    servers[4] = None;
+    servers[4].kill();
     let refused = zos(
         &["stor", "put", input.to_str().unwrap(), "--key", "refused"],
         &config,
         &state,
     );
     assert!(!refused.status.success());
-    servers[5] = None;
+    servers[5].kill();
     let failed_output = folder.path().join("failed.bin");
     let failed = zos(
         &[
@@ -414,12 +333,8 @@ fn zos_stor_end_to_end() {
         .contains("partial")));
 
     // They come back: repair restores full redundancy, then rm and a missing object.
-    for index in 3..6 {
-        servers[index] = Some(start_zdb_on(
-            &zdb,
-            &folder.path().join(format!("z{index}")),
-            ports[index],
-        ));
+    for server in &mut servers[3..6] {
+        server.start_again();
     }
     let socket = default_socket.to_str().unwrap();
     let repair = zos(

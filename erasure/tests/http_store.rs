@@ -1,28 +1,11 @@
 //! The http store against a real web server (Python's `http.server`) serving a `dir` store.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use std::net::TcpListener;
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::process::{Command, Stdio};
+use std::time::Duration;
 
 use erasure::store::{ChunkStore, DirStore, StoreError};
-
-struct Server(Child);
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
+use fixtures::process::{free_port, wait_for_port, KillOnDrop};
 
 #[tokio::test]
 async fn reads_a_dir_layout_over_http() {
@@ -44,15 +27,11 @@ async fn reads_a_dir_layout_over_http() {
         .stderr(Stdio::null())
         .spawn()
         .expect("python3 is needed for this test (Debian package python3)");
-    let _server = Server(child);
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-        assert!(
-            Instant::now() < deadline,
-            "python3 http.server did not start"
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    let _server = KillOnDrop(child);
+    assert!(
+        wait_for_port(port, Duration::from_secs(10)),
+        "python3 http.server did not start"
+    );
 
     let store = erasure::open_store(&format!("http://127.0.0.1:{port}")).unwrap();
     assert!(store.is_read_only());

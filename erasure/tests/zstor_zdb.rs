@@ -7,113 +7,21 @@
 //! built there with cargo when missing.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use std::net::TcpListener;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
 
 use erasure::config::{BackendConfig, Config};
 use erasure::zstor::{Zstor, ZstorError};
+use fixtures::zdb::{zdb_binary, ZdbProcess};
 use rand::{Rng, SeedableRng};
 
-fn zdb_binary() -> PathBuf {
-    if let Some(path) = std::env::var_os("ZDB_BIN") {
-        return PathBuf::from(path);
-    }
-    // target/<profile>/deps/this-test → target/<profile>/zdb
-    let executable = std::env::current_exe().unwrap();
-    let profile_dir = executable.parent().unwrap().parent().unwrap().to_path_buf();
-    let zdb = profile_dir.join("zdb");
-    if !zdb.exists() {
-        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-        let target_dir = profile_dir.parent().unwrap();
-        let mut command = Command::new(cargo);
-        command
-            .args(["build", "-p", "dataplane", "--bin", "zdb"])
-            .env("CARGO_TARGET_DIR", target_dir);
-        if profile_dir.file_name().unwrap() == "release" {
-            command.arg("--release");
-        }
-        let status = command.status().expect("running cargo to build zdb");
-        assert!(status.success(), "building zdb failed");
-    }
-    assert!(
-        zdb.exists(),
-        "no zdb binary at {} (set ZDB_BIN)",
-        zdb.display()
-    );
-    zdb
-}
-
-struct Zdb {
-    port: u16,
-    folder: PathBuf,
-    child: Option<Child>,
-}
-
-impl Zdb {
-    fn start(binary: &Path, folder: PathBuf, port: u16) -> Self {
-        std::fs::create_dir_all(&folder).unwrap();
-        let log = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(folder.join("zdb.log"))
-            .unwrap();
-        let child = Command::new(binary)
-            .args(["--listen", "127.0.0.1", "--port", &port.to_string()])
-            // The test SIGKILLs backends right after writes: only `--sync` promises a killed
-            // zdb keeps every acknowledged shard (by default it may lose its last moment).
-            .arg("--sync")
-            .arg("--data")
-            .arg(folder.join("data"))
-            .arg("--index")
-            .arg(folder.join("index"))
-            .stdout(Stdio::null())
-            .stderr(log)
-            .spawn()
-            .expect("starting zdb");
-        let deadline = Instant::now() + Duration::from_secs(20);
-        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-            assert!(
-                Instant::now() < deadline,
-                "zdb on port {port} did not start; see {}",
-                folder.display()
-            );
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        Zdb {
-            port,
-            folder,
-            child: Some(child),
-        }
-    }
-
-    fn kill(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
-    }
-}
-
-impl Drop for Zdb {
-    fn drop(&mut self) {
-        self.kill();
-    }
-}
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
+/// The test SIGKILLs backends right after writes: only `--sync` promises a killed zdb keeps
+/// every acknowledged shard (by default it may lose its last moment).
+const ZDB_FLAGS: [&str; 1] = ["--sync"];
 
 struct Cluster {
     binary: PathBuf,
     folder: tempfile::TempDir,
-    servers: Vec<Zdb>,
+    servers: Vec<ZdbProcess>,
     config: Config,
 }
 
@@ -121,18 +29,18 @@ impl Cluster {
     async fn start() -> Self {
         let binary = zdb_binary();
         let folder = tempfile::tempdir().unwrap();
-        let servers: Vec<Zdb> = (0..6)
+        let servers: Vec<ZdbProcess> = (0..6)
             .map(|index| {
-                Zdb::start(
+                ZdbProcess::start(
                     &binary,
-                    folder.path().join(format!("zdb{index}")),
-                    free_port(),
+                    &folder.path().join(format!("zdb{index}")),
+                    &ZDB_FLAGS,
                 )
             })
             .collect();
         for server in &servers {
             let address =
-                dataplane::client::Address::parse(&format!("127.0.0.1:{}", server.port)).unwrap();
+                dataplane::client::Address::parse(&format!("127.0.0.1:{}", server.port())).unwrap();
             let admin =
                 dataplane::client::Client::connect(dataplane::client::ClientConfig::new(address))
                     .await
@@ -142,7 +50,7 @@ impl Cluster {
         let backends = servers
             .iter()
             .map(|server| BackendConfig {
-                url: format!("zdb://127.0.0.1:{}/zstor", server.port),
+                url: format!("zdb://127.0.0.1:{}/zstor", server.port()),
                 group: None,
             })
             .collect();
@@ -162,10 +70,8 @@ impl Cluster {
     }
 
     fn restart(&mut self, index: usize) {
-        let port = self.servers[index].port;
-        let folder = self.servers[index].folder.clone();
         self.servers[index].kill();
-        self.servers[index] = Zdb::start(&self.binary, folder, port);
+        self.servers[index].start_again();
     }
 }
 
@@ -228,10 +134,8 @@ async fn survives_dead_and_corrupt_zdb_backends_and_repairs() {
     // One dead and another's files corrupted on disk, as in the acceptance script.
     cluster.servers[0].kill();
     cluster.servers[3].kill();
-    corrupt_files(&cluster.servers[3].folder.join("data"));
-    let port = cluster.servers[3].port;
-    let folder = cluster.servers[3].folder.clone();
-    cluster.servers[3] = Zdb::start(&cluster.binary, folder, port);
+    corrupt_files(&cluster.servers[3].folder().join("data"));
+    cluster.servers[3].start_again();
     assert_eq!(cluster.zstor().get_bytes(b"big").await.unwrap(), data);
 
     // A third down: a clear error naming the unusable backends, never wrong bytes.
@@ -246,7 +150,7 @@ async fn survives_dead_and_corrupt_zdb_backends_and_repairs() {
         "{message}"
     );
     assert!(
-        message.contains(&cluster.servers[5].port.to_string()),
+        message.contains(&cluster.servers[5].port().to_string()),
         "{message}"
     );
     // A write is refused, never reported as stored.
@@ -277,7 +181,7 @@ async fn survives_dead_and_corrupt_zdb_backends_and_repairs() {
     assert!(
         error
             .to_string()
-            .contains(&cluster.servers[1].port.to_string()),
+            .contains(&cluster.servers[1].port().to_string()),
         "{error}"
     );
     cluster.restart(1);
@@ -297,21 +201,21 @@ async fn survives_dead_and_corrupt_zdb_backends_and_repairs() {
 
     // A backend replaced by a fresh zdb: repair refills it; then any two others may die.
     cluster.servers[4].kill();
-    let fresh = Zdb::start(
+    let fresh = ZdbProcess::start(
         &cluster.binary,
-        cluster.folder.path().join("fresh"),
-        free_port(),
+        &cluster.folder.path().join("fresh"),
+        &ZDB_FLAGS,
     );
     {
         let address =
-            dataplane::client::Address::parse(&format!("127.0.0.1:{}", fresh.port)).unwrap();
+            dataplane::client::Address::parse(&format!("127.0.0.1:{}", fresh.port())).unwrap();
         let admin =
             dataplane::client::Client::connect(dataplane::client::ClientConfig::new(address))
                 .await
                 .unwrap();
         admin.namespace_create("zstor").await.unwrap();
     }
-    cluster.config.backends[4].url = format!("zdb://127.0.0.1:{}/zstor", fresh.port);
+    cluster.config.backends[4].url = format!("zdb://127.0.0.1:{}/zstor", fresh.port());
     cluster.servers[4] = fresh;
     let zstor = cluster.zstor();
     let repairs = zstor.repair(None, &|_| {}).await.unwrap();

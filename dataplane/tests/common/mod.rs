@@ -1,26 +1,20 @@
 //! Helpers shared by the end-to-end tests: start the real `zdb` binary on a free port and
-//! stop it (politely or with SIGKILL).
+//! stop it (politely or with SIGKILL), through `fixtures::zdb`; raw bytes and redis-cli.
 #![allow(dead_code, clippy::unwrap_used, clippy::expect_used)]
 
 use std::io::{Read, Write};
 use std::net::TcpStream;
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::time::Duration;
 
+use fixtures::zdb::ZdbProcess;
+
+/// The real `zdb` binary of this build, run by `fixtures::zdb::ZdbProcess` (which kills it
+/// when dropped).
 pub struct Zdb {
     pub port: u16,
-    pub child: Child,
-    pub dir: PathBuf,
-    pub args: Vec<String>,
-}
-
-pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+    process: ZdbProcess,
 }
 
 /// Sends raw bytes and returns what the server answers within a short time (nothing when
@@ -48,42 +42,11 @@ pub fn raw(port: u16, bytes: &[u8]) -> Vec<u8> {
 impl Zdb {
     /// Starts zdb with its data under `dir`, and waits until it answers PING.
     pub fn start(dir: &Path, args: &[&str]) -> Zdb {
-        let args: Vec<String> = args.iter().map(|s| s.to_string()).collect();
-        for _ in 0..5 {
-            let port = free_port();
-            let mut child = Command::new(env!("CARGO_BIN_EXE_zdb"))
-                .arg("--listen")
-                .arg("127.0.0.1")
-                .arg("--port")
-                .arg(port.to_string())
-                .arg("--data")
-                .arg(dir.join("data"))
-                .arg("--index")
-                .arg(dir.join("index"))
-                .args(&args)
-                .stdout(Stdio::null())
-                .stderr(std::fs::File::create(dir.join(format!("zdb-{port}.log"))).unwrap())
-                .spawn()
-                .expect("start zdb");
-            let deadline = Instant::now() + Duration::from_secs(20);
-            while Instant::now() < deadline {
-                if let Ok(Some(_)) = child.try_wait() {
-                    break;
-                }
-                if raw(port, b"PING\r\n").starts_with(b"+PONG") {
-                    return Zdb {
-                        port,
-                        child,
-                        dir: dir.to_path_buf(),
-                        args,
-                    };
-                }
-                std::thread::sleep(Duration::from_millis(20));
-            }
-            let _ = child.kill();
-            let _ = child.wait();
+        let process = ZdbProcess::start(Path::new(env!("CARGO_BIN_EXE_zdb")), dir, args);
+        Zdb {
+            port: process.port(),
+            process,
         }
-        panic!("zdb did not start; logs in {}", dir.display());
     }
 
     pub fn url(&self) -> String {
@@ -98,50 +61,22 @@ impl Zdb {
     }
 
     pub fn kill9(mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        self.process.kill();
     }
 
     /// SIGTERM, and wait for a clean exit.
     pub fn stop(mut self) {
-        unsafe_free_sigterm(self.child.id());
-        let deadline = Instant::now() + Duration::from_secs(20);
-        while Instant::now() < deadline {
-            if let Ok(Some(status)) = self.child.try_wait() {
-                assert!(status.success(), "zdb exited with {status}");
-                return;
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        panic!("zdb did not stop on SIGTERM");
+        self.process.stop();
     }
 
-    pub fn restart(self) -> Zdb {
-        let dir = self.dir.clone();
-        let args = self.args.clone();
-        self.stop();
-        let refs: Vec<&str> = args.iter().map(|s| s.as_str()).collect();
-        Zdb::start(&dir, &refs)
+    /// A clean stop, then the same server (port, data, flags) started again.
+    pub fn restart(mut self) -> Zdb {
+        self.process.restart();
+        self
     }
 
     pub fn log(&self) -> String {
-        std::fs::read_to_string(self.dir.join(format!("zdb-{}.log", self.port))).unwrap_or_default()
-    }
-}
-
-fn unsafe_free_sigterm(pid: u32) {
-    let status = Command::new("kill")
-        .arg("-TERM")
-        .arg(pid.to_string())
-        .status()
-        .expect("kill");
-    assert!(status.success());
-}
-
-impl Drop for Zdb {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        self.process.log()
     }
 }
 
