@@ -7,6 +7,10 @@
 //! - [`crypto`]: AES-256-XTS over 512-byte sectors, key files and the key check.
 //! - [`volume`]: volumes on disk: a raw sparse data file plus a small metadata file
 //!   (`docs/design.md`), create / open / list / resize / remove, the in-use lock.
+//! - [`virtio`]: what both devices' backends share: the guest memory slot, common
+//!   features, one queue per epoll thread, EVENT_IDX-aware notification.
+//! - [`serve`]: the daemon loop both devices share: the socket bound once (a live one
+//!   refused, a stale one replaced), removed on SIGINT/SIGTERM, one VMM after another.
 //! - [`blk`]: the vhost-user-blk device: [`blk::request`] decodes untrusted descriptor
 //!   chains, [`blk::backend`] turns requests into io_uring operations on the volume,
 //!   [`blk::serve`] keeps the socket bound and serves one VMM after another.
@@ -34,5 +38,7 @@ pub mod crypto;
 pub mod fs;
 pub mod io;
 pub mod machine;
+pub mod serve;
 pub mod sys;
+pub mod virtio;
 pub mod volume;

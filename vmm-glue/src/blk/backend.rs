@@ -16,30 +16,23 @@
 use std::fs::File;
 use std::io;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex, RwLock};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use vhost::vhost_user::message::VhostUserProtocolFeatures;
 use vhost_user_backend::{VhostUserBackend, VringRwLock, VringT};
 use virtio_queue::{DescriptorChain, QueueT};
-use vm_memory::{
-    Bytes, GuestAddress, GuestAddressSpace, GuestMemoryAtomic, GuestMemoryBackend,
-    GuestMemoryLoadGuard, GuestMemoryMmap,
-};
+use vm_memory::{Bytes, GuestAddress, GuestMemoryBackend, GuestMemoryLoadGuard};
 use vmm_sys_util::epoll::EventSet;
-use vmm_sys_util::event::{
-    new_event_consumer_and_notifier, EventConsumer, EventFlag, EventNotifier,
-};
+use vmm_sys_util::event::{EventConsumer, EventNotifier};
 
 use super::request::{self, Limits, Request, RequestKind, Segment};
 use crate::crypto::{SectorCipher, SECTOR_BYTES};
 use crate::io::{open_queue_io, Operation, QueueIo};
 use crate::sys::{self, AlignedBuffer, IoVecs};
+pub use crate::virtio::GuestMemory;
+use crate::virtio::{self, Memory, MemorySlot};
 use crate::volume::SERIAL_BYTES;
-
-/// Guest memory as the vhost-user daemon maps it.
-pub type GuestMemory = GuestMemoryAtomic<GuestMemoryMmap<()>>;
-type Memory = GuestMemoryMmap<()>;
 
 /// Largest virtqueue the backend accepts.
 pub const QUEUE_SIZE_MAX: usize = 1024;
@@ -69,10 +62,6 @@ const VIRTIO_BLK_F_FLUSH: u64 = 1 << 9;
 const VIRTIO_BLK_F_MQ: u64 = 1 << 12;
 const VIRTIO_BLK_F_DISCARD: u64 = 1 << 13;
 const VIRTIO_BLK_F_WRITE_ZEROES: u64 = 1 << 14;
-const VIRTIO_RING_F_INDIRECT_DESC: u64 = 1 << 28;
-const VIRTIO_RING_F_EVENT_IDX: u64 = 1 << 29;
-const VHOST_USER_F_PROTOCOL_FEATURES: u64 = 1 << 30;
-const VIRTIO_F_VERSION_1: u64 = 1 << 32;
 
 /// What the backend serves: an open, locked volume file and how to treat it.
 #[derive(Debug)]
@@ -138,7 +127,7 @@ struct Shared {
     device: Arc<Device>,
     config: [u8; 60],
     event_idx: AtomicBool,
-    memory: RwLock<GuestMemory>,
+    memory: MemorySlot,
     workers: Vec<Mutex<QueueWorker>>,
 }
 
@@ -156,7 +145,7 @@ impl BlkBackend {
                 device,
                 config,
                 event_idx: AtomicBool::new(false),
-                memory: RwLock::new(memory),
+                memory: MemorySlot::new(memory),
                 workers,
             }),
         })
@@ -189,10 +178,7 @@ impl VhostUserBackend for BlkBackend {
     }
 
     fn features(&self) -> u64 {
-        let mut features = VIRTIO_F_VERSION_1
-            | VIRTIO_RING_F_INDIRECT_DESC
-            | VIRTIO_RING_F_EVENT_IDX
-            | VHOST_USER_F_PROTOCOL_FEATURES
+        let mut features = virtio::FEATURES_COMMON
             | VIRTIO_BLK_F_SIZE_MAX
             | VIRTIO_BLK_F_SEG_MAX
             | VIRTIO_BLK_F_BLK_SIZE
@@ -225,22 +211,16 @@ impl VhostUserBackend for BlkBackend {
     }
 
     fn update_memory(&self, memory: GuestMemory) -> io::Result<()> {
-        *self
-            .shared
-            .memory
-            .write()
-            .unwrap_or_else(|poison| poison.into_inner()) = memory;
+        self.shared.memory.replace(memory);
         Ok(())
     }
 
     fn queues_per_thread(&self) -> Vec<u64> {
-        (0..self.shared.workers.len())
-            .map(|index| 1u64 << index)
-            .collect()
+        virtio::one_queue_per_thread(self.shared.workers.len())
     }
 
     fn exit_event(&self, _thread_index: usize) -> Option<(EventConsumer, EventNotifier)> {
-        new_event_consumer_and_notifier(EventFlag::NONBLOCK | EventFlag::CLOEXEC).ok()
+        virtio::exit_event()
     }
 
     fn handle_event(
@@ -255,13 +235,7 @@ impl VhostUserBackend for BlkBackend {
         else {
             return Err(io::Error::from(io::ErrorKind::InvalidInput));
         };
-        let memory = self
-            .shared
-            .memory
-            .read()
-            .unwrap_or_else(|poison| poison.into_inner())
-            .clone()
-            .memory();
+        let memory = self.shared.memory.load();
         let event_idx = self.shared.event_idx.load(Ordering::Acquire);
         let mut worker = worker.lock().unwrap_or_else(|poison| poison.into_inner());
         let mut used_any = false;
@@ -276,7 +250,7 @@ impl VhostUserBackend for BlkBackend {
         // the same notification as the rest, instead of after another trip through epoll.
         used_any |= worker.complete(vring, Reap::Ready);
         if used_any {
-            signal(vring, event_idx)?;
+            virtio::signal_used(vring, event_idx)?;
         }
         if polling {
             worker.poll(vring, &memory, event_idx, self.shared.device.poll_idle)?;
@@ -293,20 +267,6 @@ fn available(vring: &VringRwLock<GuestMemory>, memory: &GuestMemoryLoadGuard<Mem
         && queue
             .avail_idx(&**memory, Ordering::Acquire)
             .is_ok_and(|index| index.0 != queue.next_avail())
-}
-
-fn signal(vring: &VringRwLock<GuestMemory>, event_idx: bool) -> io::Result<()> {
-    let needed = if event_idx {
-        vring
-            .needs_notification()
-            .map_err(|error| io::Error::other(error.to_string()))?
-    } else {
-        true
-    };
-    if needed {
-        vring.signal_used_queue()?;
-    }
-    Ok(())
 }
 
 /// A request whose I/O the kernel is doing.
@@ -421,7 +381,7 @@ impl QueueWorker {
             }
             used |= self.complete(vring, Reap::Ready);
             if used {
-                signal(vring, event_idx)?;
+                virtio::signal_used(vring, event_idx)?;
             }
             if pending || used {
                 idle_since = Instant::now();
@@ -432,7 +392,7 @@ impl QueueWorker {
         let mut used = self.process_queue(vring, memory, event_idx, true)?;
         used |= self.complete(vring, Reap::Ready);
         if used {
-            signal(vring, event_idx)?;
+            virtio::signal_used(vring, event_idx)?;
         }
         Ok(())
     }
@@ -771,7 +731,7 @@ mod tests {
     use crate::io::{FaultInjector, FaultPlan};
     use crate::sys::SyncIo;
     use std::os::unix::fs::FileExt;
-    use vm_memory::GuestAddressSpace;
+    use vm_memory::{GuestAddressSpace, GuestMemoryAtomic, GuestMemoryMmap};
 
     const QUEUE_SIZE: u16 = 128;
     const DESCRIPTORS: u64 = 0x1000;

@@ -2,22 +2,20 @@
 //! connection after another until signalled (or after the first with `once`).
 //!
 //! The socket stays bound for the daemon's whole life, so a VMM started after another one
-//! exited never finds a socket file with nobody behind it. Each connection gets a fresh
-//! backend (queues, rings, memory map); the previous one is torn down when its VMM goes.
+//! exited never finds a socket file with nobody behind it (the loop is [`crate::serve`]'s,
+//! shared with virtio-fs). Each connection gets a fresh backend (queues, rings, memory map);
+//! the previous one is torn down when its VMM goes.
 
-use std::os::unix::fs::FileTypeExt;
-use std::os::unix::net::UnixStream;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
 use vhost::vhost_user::Listener;
-use vhost_user_backend::VhostUserDaemon;
-use vm_memory::{GuestMemoryAtomic, GuestMemoryMmap};
 use vmm_sys_util::epoll::EventSet;
 
 use super::backend::{BlkBackend, Device, POLL_IDLE_DEFAULT};
 use crate::crypto::{VolumeKey, SECTOR_BYTES};
+use crate::serve::{ConnectionError, SocketError};
 use crate::sys;
 use crate::volume::{Volume, VolumeError};
 
@@ -61,6 +59,25 @@ pub enum ServeError {
     BadSetting(String),
 }
 
+impl From<SocketError> for ServeError {
+    fn from(error: SocketError) -> Self {
+        match error {
+            SocketError::InUse(path) => ServeError::SocketInUse(path),
+            SocketError::NotASocket(path) => ServeError::NotASocket(path),
+            SocketError::Io { path, source } => ServeError::Socket { path, source },
+        }
+    }
+}
+
+impl From<ConnectionError> for ServeError {
+    fn from(error: ConnectionError) -> Self {
+        match error {
+            ConnectionError::VhostUser(message) => ServeError::VhostUser(message),
+            ConnectionError::Setup(source) => ServeError::Setup(source),
+        }
+    }
+}
+
 /// Opens everything a serve needs, failing early with a clear error: the volume (locked),
 /// the key (checked), the socket path (free).
 pub fn prepare(config: &ServeConfig) -> Result<Arc<Device>, ServeError> {
@@ -73,7 +90,7 @@ pub fn prepare(config: &ServeConfig) -> Result<Arc<Device>, ServeError> {
         .map_err(VolumeError::from)?;
     let cipher = volume.cipher(key.as_ref())?;
     let file = volume.open_locked_with(!config.read_only, config.direct)?;
-    check_socket_path(&config.socket)?;
+    crate::serve::check_socket_path(&config.socket)?;
     Ok(Arc::new(Device {
         file,
         cipher,
@@ -107,40 +124,12 @@ fn poll_idle_from_env() -> Result<Duration, ServeError> {
         })
 }
 
-/// Refuses a socket path another server listens on, or a path that is not a socket; a
-/// stale socket file (nobody listening) is removed.
-fn check_socket_path(path: &Path) -> Result<(), ServeError> {
-    let metadata = match std::fs::symlink_metadata(path) {
-        Ok(metadata) => metadata,
-        Err(error) if error.kind() == std::io::ErrorKind::NotFound => return Ok(()),
-        Err(source) => {
-            return Err(ServeError::Socket {
-                path: path.to_owned(),
-                source,
-            })
-        }
-    };
-    if !metadata.file_type().is_socket() {
-        return Err(ServeError::NotASocket(path.to_owned()));
-    }
-    if UnixStream::connect(path).is_ok() {
-        return Err(ServeError::SocketInUse(path.to_owned()));
-    }
-    std::fs::remove_file(path).map_err(|source| ServeError::Socket {
-        path: path.to_owned(),
-        source,
-    })
-}
-
 /// Serves the volume until SIGINT/SIGTERM (or one connection with `once`).
 pub fn serve(config: &ServeConfig) -> Result<(), ServeError> {
     // Signals are taken by one thread with sigwait; block them before any thread starts.
     sys::block_termination_signals().map_err(ServeError::Setup)?;
     let device = prepare(config)?;
-    let mut listener = Listener::new(&config.socket, true).map_err(|error| ServeError::Socket {
-        path: config.socket.clone(),
-        source: std::io::Error::other(error.to_string()),
-    })?;
+    let mut listener = crate::serve::bind(&config.socket)?;
     tracing::info!(
         volume = %config.volume.display(),
         socket = %config.socket.display(),
@@ -150,22 +139,15 @@ pub fn serve(config: &ServeConfig) -> Result<(), ServeError> {
         direct = device.direct,
         "serving vhost-user-blk"
     );
-    let socket = config.socket.clone();
     let signal_device = device.clone();
-    std::thread::Builder::new()
-        .name("signals".to_owned())
-        .spawn(move || {
-            let signal = sys::wait_for_termination_signal();
-            tracing::info!(?signal, "stopping");
-            // Guest flushes already made writes durable; this covers writes a guest did not
-            // flush before we were told to stop.
-            if let Err(error) = signal_device.file.sync_data() {
-                tracing::error!(%error, "final sync of the volume");
-            }
-            let _ = std::fs::remove_file(&socket);
-            std::process::exit(0);
-        })
-        .map_err(ServeError::Setup)?;
+    crate::serve::exit_on_termination_signal(config.socket.clone(), move || {
+        // Guest flushes already made writes durable; this covers writes a guest did not
+        // flush before we were told to stop.
+        if let Err(error) = signal_device.file.sync_data() {
+            tracing::error!(%error, "final sync of the volume");
+        }
+    })
+    .map_err(ServeError::Setup)?;
     loop {
         serve_connection(config, &device, &mut listener)?;
         if config.once {
@@ -179,32 +161,25 @@ fn serve_connection(
     device: &Arc<Device>,
     listener: &mut Listener,
 ) -> Result<(), ServeError> {
-    let memory = GuestMemoryAtomic::new(GuestMemoryMmap::new());
+    let memory = crate::serve::new_guest_memory();
     let backend = BlkBackend::new(device.clone(), config.num_queues, memory.clone())
         .map_err(ServeError::Setup)?;
-    let mut daemon = VhostUserDaemon::new("zos-vm-blk".to_owned(), backend.clone(), memory)
-        .map_err(|error| ServeError::VhostUser(error.to_string()))?;
-    for (queue_index, handler) in daemon.get_epoll_handlers().iter().enumerate() {
-        let fd = backend
-            .completion_fd(queue_index)
-            .ok_or_else(|| ServeError::VhostUser("queue without a worker".to_owned()))?;
-        handler
-            .register_listener(fd, EventSet::IN, backend.completion_event_id(queue_index))
-            .map_err(ServeError::Setup)?;
-    }
-    daemon
-        .start(listener)
-        .map_err(|error| ServeError::VhostUser(error.to_string()))?;
-    tracing::info!("VMM connected");
-    let result = daemon.wait();
-    for handler in daemon.get_epoll_handlers() {
-        handler.send_exit_event();
-    }
-    match result {
-        Ok(()) => tracing::info!("VMM disconnected"),
-        // A VMM that dies mid-message is an ordinary end of a connection for a daemon that
-        // outlives its VMs.
-        Err(error) => tracing::info!(%error, "VMM connection ended"),
-    }
+    let completions = backend.clone();
+    crate::serve::serve_connection("zos-vm-blk", backend, memory, listener, |daemon| {
+        // Each queue's io_uring completions wake that queue's epoll thread.
+        for (queue_index, handler) in daemon.get_epoll_handlers().iter().enumerate() {
+            let fd = completions
+                .completion_fd(queue_index)
+                .ok_or_else(|| ConnectionError::VhostUser("queue without a worker".to_owned()))?;
+            handler
+                .register_listener(
+                    fd,
+                    EventSet::IN,
+                    completions.completion_event_id(queue_index),
+                )
+                .map_err(ConnectionError::Setup)?;
+        }
+        Ok(())
+    })?;
     Ok(())
 }

@@ -19,26 +19,19 @@
 use std::io;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::mpsc::{sync_channel, Receiver, SyncSender};
-use std::sync::{Arc, Mutex, RwLock};
+use std::sync::{Arc, Mutex};
 
 use vhost::vhost_user::message::VhostUserProtocolFeatures;
 use vhost_user_backend::{VhostUserBackend, VringRwLock, VringT};
 use virtio_queue::QueueT;
-use vm_memory::{
-    Bytes, GuestAddress, GuestAddressSpace, GuestMemoryAtomic, GuestMemoryLoadGuard,
-    GuestMemoryMmap,
-};
+use vm_memory::{Bytes, GuestAddress, GuestMemoryLoadGuard};
 use vmm_sys_util::epoll::EventSet;
-use vmm_sys_util::event::{
-    new_event_consumer_and_notifier, EventConsumer, EventFlag, EventNotifier,
-};
+use vmm_sys_util::event::{EventConsumer, EventNotifier};
 
 use super::request::IN_BYTES_MAX;
 use super::session::{Outcome, ReplySink, Session};
-
-/// Guest memory as the vhost-user daemon maps it.
-pub type GuestMemory = GuestMemoryAtomic<GuestMemoryMmap<()>>;
-type Memory = GuestMemoryMmap<()>;
+pub use crate::virtio::GuestMemory;
+use crate::virtio::{self, Memory, MemorySlot};
 
 /// Largest virtqueue the backend accepts.
 pub const QUEUE_SIZE_MAX: usize = 1024;
@@ -54,11 +47,6 @@ pub const WORKERS_DEFAULT: usize = 4;
 pub const WORKERS_MAX: usize = 64;
 /// Requests popped from the rings and waiting for a worker, at most.
 pub const JOBS_WAITING_MAX: usize = 256;
-
-const VIRTIO_RING_F_INDIRECT_DESC: u64 = 1 << 28;
-const VIRTIO_RING_F_EVENT_IDX: u64 = 1 << 29;
-const VHOST_USER_F_PROTOCOL_FEATURES: u64 = 1 << 30;
-const VIRTIO_F_VERSION_1: u64 = 1 << 32;
 
 /// One descriptor as the worker sees it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -192,7 +180,7 @@ fn complete(session: &Session, job: &Job, message: &mut Vec<u8>) {
         tracing::warn!(%error, "could not return a chain to the guest");
         return;
     }
-    if let Err(error) = signal(&job.vring, job.event_idx) {
+    if let Err(error) = virtio::signal_used(&job.vring, job.event_idx) {
         tracing::warn!(%error, "could not notify the guest");
     }
 }
@@ -317,20 +305,6 @@ impl ReplySink for GuestSink<'_> {
     }
 }
 
-fn signal(vring: &VringRwLock<GuestMemory>, event_idx: bool) -> io::Result<()> {
-    let needed = if event_idx {
-        vring
-            .needs_notification()
-            .map_err(|error| io::Error::other(error.to_string()))?
-    } else {
-        true
-    };
-    if needed {
-        vring.signal_used_queue()?;
-    }
-    Ok(())
-}
-
 /// The vhost-user-fs backend for one VMM connection.
 #[derive(Clone)]
 pub struct FsBackend {
@@ -350,7 +324,7 @@ struct Shared {
     pool: Arc<FsPool>,
     num_queues: usize,
     event_idx: AtomicBool,
-    memory: RwLock<GuestMemory>,
+    memory: MemorySlot,
 }
 
 impl FsBackend {
@@ -362,17 +336,13 @@ impl FsBackend {
                 pool,
                 num_queues: 1 + request_queues.clamp(1, REQUEST_QUEUES_MAX),
                 event_idx: AtomicBool::new(false),
-                memory: RwLock::new(memory),
+                memory: MemorySlot::new(memory),
             }),
         }
     }
 
     fn memory(&self) -> GuestMemoryLoadGuard<Memory> {
-        self.shared
-            .memory
-            .read()
-            .unwrap_or_else(|poison| poison.into_inner())
-            .memory()
+        self.shared.memory.load()
     }
 }
 
@@ -440,10 +410,7 @@ impl VhostUserBackend for FsBackend {
     }
 
     fn features(&self) -> u64 {
-        VIRTIO_F_VERSION_1
-            | VIRTIO_RING_F_INDIRECT_DESC
-            | VIRTIO_RING_F_EVENT_IDX
-            | VHOST_USER_F_PROTOCOL_FEATURES
+        virtio::FEATURES_COMMON
     }
 
     fn protocol_features(&self) -> VhostUserProtocolFeatures {
@@ -455,24 +422,18 @@ impl VhostUserBackend for FsBackend {
     }
 
     fn update_memory(&self, memory: GuestMemory) -> io::Result<()> {
-        *self
-            .shared
-            .memory
-            .write()
-            .unwrap_or_else(|poison| poison.into_inner()) = memory;
+        self.shared.memory.replace(memory);
         Ok(())
     }
 
     /// One epoll thread per queue: queue 0 (high priority) and each request queue are
     /// popped in parallel.
     fn queues_per_thread(&self) -> Vec<u64> {
-        (0..self.shared.num_queues)
-            .map(|index| 1u64 << index)
-            .collect()
+        virtio::one_queue_per_thread(self.shared.num_queues)
     }
 
     fn exit_event(&self, _thread_index: usize) -> Option<(EventConsumer, EventNotifier)> {
-        new_event_consumer_and_notifier(EventFlag::NONBLOCK | EventFlag::CLOEXEC).ok()
+        virtio::exit_event()
     }
 
     fn handle_event(
@@ -499,7 +460,7 @@ impl VhostUserBackend for FsBackend {
                 Ok(())
             })?;
             if used_any {
-                signal(vring, event_idx)?;
+                virtio::signal_used(vring, event_idx)?;
             }
             return Ok(());
         }
@@ -531,6 +492,7 @@ impl VhostUserBackend for FsBackend {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use vm_memory::GuestMemoryMmap;
 
     fn memory() -> Memory {
         GuestMemoryMmap::<()>::from_ranges(&[(GuestAddress(0x1000), 0x2000)]).unwrap()

@@ -2,14 +2,13 @@
 //! one VMM connection after another until signalled (or after the first with `once`).
 //!
 //! The socket stays bound for the daemon's whole life, so the next VMM never finds a socket
-//! file with nobody behind it. The flist, the chunk source (stores, on-disk cache, memory
+//! file with nobody behind it (the loop is [`crate::serve`]'s, shared with virtio-blk). The
+//! flist, the chunk source (stores, on-disk cache, memory
 //! cache) and the worker pool live as long as the daemon: a second guest finds the chunks
 //! the first one read already cached. Each connection gets a fresh backend (queues, memory
 //! map).
 
-use std::os::unix::fs::FileTypeExt;
-use std::os::unix::net::UnixStream;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -17,11 +16,10 @@ use flistfs::cache::ChunkCache;
 use flistfs::fs::{ChunkSource, FsCore};
 use flistfs::source::{Route, SourceConfig, StoreSource};
 use vhost::vhost_user::Listener;
-use vhost_user_backend::VhostUserDaemon;
-use vm_memory::{GuestMemoryAtomic, GuestMemoryMmap};
 
 use super::backend::{FsBackend, FsPool};
 use super::session::{Session, SessionConfig};
+use crate::serve::{ConnectionError, SocketError};
 use crate::sys;
 
 /// Default bound of the on-disk chunk cache (the same as `zos flist mount`'s).
@@ -108,6 +106,25 @@ pub enum FsServeError {
     Setup(std::io::Error),
 }
 
+impl From<SocketError> for FsServeError {
+    fn from(error: SocketError) -> Self {
+        match error {
+            SocketError::InUse(path) => FsServeError::SocketInUse(path),
+            SocketError::NotASocket(path) => FsServeError::NotASocket(path),
+            SocketError::Io { path, source } => FsServeError::Socket { path, source },
+        }
+    }
+}
+
+impl From<ConnectionError> for FsServeError {
+    fn from(error: ConnectionError) -> Self {
+        match error {
+            ConnectionError::VhostUser(message) => FsServeError::VhostUser(message),
+            ConnectionError::Setup(source) => FsServeError::Setup(source),
+        }
+    }
+}
+
 /// The machine-wide chunk cache when it can be used (root), else the user's cache folder:
 /// the same folder `zos flist mount` uses, so both share fetched chunks.
 pub fn default_cache_dir() -> PathBuf {
@@ -184,43 +201,14 @@ pub fn open_session(config: &FsServeConfig) -> Result<Session, FsServeError> {
     ))
 }
 
-/// Refuses a socket path another server listens on, or a path that is not a socket; a
-/// stale socket file (nobody listening) is removed.
-fn check_socket_path(path: &Path) -> Result<(), FsServeError> {
-    let metadata = match std::fs::symlink_metadata(path) {
-        Ok(metadata) => metadata,
-        Err(error) if error.kind() == std::io::ErrorKind::NotFound => return Ok(()),
-        Err(source) => {
-            return Err(FsServeError::Socket {
-                path: path.to_owned(),
-                source,
-            })
-        }
-    };
-    if !metadata.file_type().is_socket() {
-        return Err(FsServeError::NotASocket(path.to_owned()));
-    }
-    if UnixStream::connect(path).is_ok() {
-        return Err(FsServeError::SocketInUse(path.to_owned()));
-    }
-    std::fs::remove_file(path).map_err(|source| FsServeError::Socket {
-        path: path.to_owned(),
-        source,
-    })
-}
-
 /// Serves the flist until SIGINT/SIGTERM (which end the process after removing the
 /// socket), or for one connection with `once`.
 pub fn serve(config: &FsServeConfig) -> Result<(), FsServeError> {
     // Signals are taken by one thread with sigwait; block them before any thread starts.
     sys::block_termination_signals().map_err(FsServeError::Setup)?;
     let session = Arc::new(open_session(config)?);
-    check_socket_path(&config.socket)?;
-    let mut listener =
-        Listener::new(&config.socket, true).map_err(|error| FsServeError::Socket {
-            path: config.socket.clone(),
-            source: std::io::Error::other(error.to_string()),
-        })?;
+    crate::serve::check_socket_path(&config.socket)?;
+    let mut listener = crate::serve::bind(&config.socket)?;
     let pool = FsPool::new(session.clone(), config.workers).map_err(FsServeError::Setup)?;
     tracing::info!(
         flist = %config.flist.display(),
@@ -230,15 +218,7 @@ pub fn serve(config: &FsServeConfig) -> Result<(), FsServeError> {
         request_queues = config.request_queues,
         "serving vhost-user-fs"
     );
-    let socket = config.socket.clone();
-    std::thread::Builder::new()
-        .name("signals".to_owned())
-        .spawn(move || {
-            let signal = sys::wait_for_termination_signal();
-            tracing::info!(?signal, "stopping");
-            let _ = std::fs::remove_file(&socket);
-            std::process::exit(0);
-        })
+    crate::serve::exit_on_termination_signal(config.socket.clone(), || {})
         .map_err(FsServeError::Setup)?;
     loop {
         serve_connection(config, &pool, &mut listener)?;
@@ -255,23 +235,8 @@ fn serve_connection(
     pool: &Arc<FsPool>,
     listener: &mut Listener,
 ) -> Result<(), FsServeError> {
-    let memory = GuestMemoryAtomic::new(GuestMemoryMmap::new());
+    let memory = crate::serve::new_guest_memory();
     let backend = FsBackend::new(pool.clone(), config.request_queues, memory.clone());
-    let mut daemon = VhostUserDaemon::new("zos-vm-fs".to_owned(), backend, memory)
-        .map_err(|error| FsServeError::VhostUser(error.to_string()))?;
-    daemon
-        .start(listener)
-        .map_err(|error| FsServeError::VhostUser(error.to_string()))?;
-    tracing::info!("VMM connected");
-    let result = daemon.wait();
-    for handler in daemon.get_epoll_handlers() {
-        handler.send_exit_event();
-    }
-    match result {
-        Ok(()) => tracing::info!("VMM disconnected"),
-        // A VMM that dies mid-message is an ordinary end of a connection for a daemon that
-        // outlives its VMs.
-        Err(error) => tracing::info!(%error, "VMM connection ended"),
-    }
+    crate::serve::serve_connection("zos-vm-fs", backend, memory, listener, |_| Ok(()))?;
     Ok(())
 }
