@@ -1398,6 +1398,82 @@ mod tests {
     }
 
     #[test]
+    fn decode_verified_matches_decode_and_reuses_its_buffers() {
+        let codec = codec(RsCodecId::DEFAULT, 4, 2);
+        let random: Vec<u8> = (0..300_000).map(|_| rand::random::<u8>()).collect();
+        for plain in [random, vec![7u8; 100_000], b"x".to_vec()] {
+            let encoded = codec.encode(PLACE, &plain).unwrap();
+            let all: Vec<Option<Vec<u8>>> = encoded.shards.iter().cloned().map(Some).collect();
+            // All data shards; two data shards lost (rebuilt from parity).
+            let mut degraded = all.clone();
+            degraded[0] = None;
+            degraded[2] = None;
+            for frames in [&all, &degraded] {
+                let sealed = Vec::with_capacity(1 << 20);
+                let (decoded, unused) = codec
+                    .decode_verified(
+                        PLACE,
+                        &encoded.info,
+                        frames,
+                        ChunkHash::Whole,
+                        sealed,
+                        Vec::new(),
+                    )
+                    .unwrap();
+                assert_eq!(decoded.plain(), &plain[..]);
+                // A raw chunk is decrypted in the buffer its shards were gathered into; a
+                // compressed one is decompressed into the spare and hands that buffer back.
+                let compressed = (encoded.info.sealed_bytes as usize) < plain.len();
+                let gathered = if compressed { &unused } else { &decoded.buffer };
+                assert_eq!(
+                    gathered.capacity(),
+                    1 << 20,
+                    "the gathered buffer is reused"
+                );
+            }
+            // A frame of the wrong length, the wrong place, a wrong hash: errors.
+            let mut short = all.clone();
+            short[1].as_mut().unwrap().pop();
+            assert!(matches!(
+                codec.decode_verified(
+                    PLACE,
+                    &encoded.info,
+                    &short,
+                    ChunkHash::Whole,
+                    Vec::new(),
+                    Vec::new()
+                ),
+                Err(CodecError::BadShard(_))
+            ));
+            let elsewhere = ChunkPlace {
+                chunk_index: 9,
+                ..PLACE
+            };
+            assert_eq!(
+                codec
+                    .decode_verified(
+                        elsewhere,
+                        &encoded.info,
+                        &all,
+                        ChunkHash::Whole,
+                        Vec::new(),
+                        Vec::new()
+                    )
+                    .unwrap_err(),
+                CodecError::Decrypt
+            );
+            let mut info = encoded.info.clone();
+            info.hash[0] ^= 1;
+            assert_eq!(
+                codec
+                    .decode_verified(PLACE, &info, &all, ChunkHash::Whole, Vec::new(), Vec::new())
+                    .unwrap_err(),
+                CodecError::HashMismatch
+            );
+        }
+    }
+
+    #[test]
     fn too_few_shards_is_a_clear_error() {
         let codec = codec(RsCodecId::DEFAULT, 4, 2);
         let encoded = codec.encode(PLACE, b"some bytes").unwrap();
