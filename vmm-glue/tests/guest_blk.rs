@@ -7,6 +7,7 @@
 
 mod common;
 
+use std::path::Path;
 use std::time::Duration;
 
 use common::{file_range_hash, md5_hex, zos_err, zos_ok, Server};
@@ -19,6 +20,20 @@ fn guest(script: &str) -> GuestRun {
     GuestRun::new(script)
         .accel(Accel::from_env().unwrap())
         .timeout(Duration::from_secs(180))
+}
+
+/// `zos vm disk create VOLUME --size SIZE EXTRA...`.
+fn disk_create(volume: &Path, size: &str, extra: &[&str]) {
+    let mut arguments = vec![
+        "vm",
+        "disk",
+        "create",
+        volume.to_str().unwrap(),
+        "--size",
+        size,
+    ];
+    arguments.extend_from_slice(extra);
+    zos_ok(&arguments);
 }
 
 fn image() -> GuestImage {
@@ -34,14 +49,7 @@ fn guest_writes_host_reads_and_a_second_guest_reconnects() {
     let dir = tempfile::tempdir().unwrap();
     let volume = dir.path().join("vol");
     let socket = dir.path().join("blk.sock");
-    zos_ok(&[
-        "vm",
-        "disk",
-        "create",
-        volume.to_str().unwrap(),
-        "--size",
-        "64M",
-    ]);
+    disk_create(&volume, "64M", &[]);
     // Pre-fill the region the guest will discard, so the discard is visible on the host.
     {
         use std::io::{Seek, SeekFrom, Write};
@@ -79,12 +87,7 @@ sync
     .vhost_user_blk(&socket)
     .run(&image)
     .unwrap();
-    assert!(
-        first.completed(),
-        "first guest: {}\nserver: {}",
-        first.tail(30),
-        server.log_text()
-    );
+    server.assert_completed(&first, "first guest");
     assert_eq!(first.value("SIZE"), Some("131072"), "{}", first.tail(30));
     assert!(
         first.value("SERIAL").unwrap().starts_with("zos-"),
@@ -121,12 +124,7 @@ sync
         .vhost_user_blk(&socket)
         .run(&image)
         .unwrap();
-    assert!(
-        second.completed(),
-        "second guest: {}\nserver: {}",
-        second.tail(30),
-        server.log_text()
-    );
+    server.assert_completed(&second, "second guest");
     assert_eq!(second.value("SIZE"), Some("131072"));
     assert_eq!(second.value("READBACK"), Some(pattern.as_str()));
 
@@ -162,16 +160,7 @@ fn encrypted_volume_round_trips_and_wrong_key_is_refused() {
         .collect();
     std::fs::write(&key_file, &key_bytes).unwrap();
     std::fs::write(&wrong_key_file, hex::encode([0x42u8; 64])).unwrap();
-    zos_ok(&[
-        "vm",
-        "disk",
-        "create",
-        volume.to_str().unwrap(),
-        "--size",
-        "32M",
-        "--key-file",
-        key_file.to_str().unwrap(),
-    ]);
+    disk_create(&volume, "32M", &["--key-file", key_file.to_str().unwrap()]);
     let error = zos_err(&[
         "vm",
         "disk",
@@ -212,12 +201,7 @@ echo READBACK=$(dd if=/dev/vda bs=1M count=4 skip=5 2>/dev/null | md5sum | cut -
     .vhost_user_blk(&socket)
     .run(&image)
     .unwrap();
-    assert!(
-        run.completed(),
-        "{}\nserver: {}",
-        run.tail(30),
-        server.log_text()
-    );
+    server.assert_completed(&run, "guest");
     let pattern = run.value("PATTERN").unwrap().to_owned();
     assert_eq!(run.value("READBACK"), Some(pattern.as_str()));
     // A never-written region of an encrypted volume reads as zeros.
@@ -248,14 +232,7 @@ fn read_only_disk_is_read_only_in_the_guest() {
     let dir = tempfile::tempdir().unwrap();
     let volume = dir.path().join("ro");
     let socket = dir.path().join("ro.sock");
-    zos_ok(&[
-        "vm",
-        "disk",
-        "create",
-        volume.to_str().unwrap(),
-        "--size",
-        "16M",
-    ]);
+    disk_create(&volume, "16M", &[]);
     let content: Vec<u8> = (0..MIB as usize).map(|i| (i % 251) as u8).collect();
     {
         use std::os::unix::fs::FileExt;
@@ -277,12 +254,7 @@ dd if=/dev/zero of=/dev/vda bs=4k count=1 seek=256 oflag=direct 2>/dev/null && e
     .vhost_user_blk(&socket)
     .run(&image)
     .unwrap();
-    assert!(
-        run.completed(),
-        "{}\nserver: {}",
-        run.tail(30),
-        server.log_text()
-    );
+    server.assert_completed(&run, "guest");
     assert_eq!(run.value("RO"), Some("1"), "{}", run.tail(30));
     assert_eq!(run.value("CONTENT"), Some(md5_hex(&content).as_str()));
     assert_eq!(run.value("WRITE"), Some("refused"), "{}", run.tail(30));

@@ -12,11 +12,11 @@ mod common;
 
 use std::collections::BTreeMap;
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::path::Path;
+use std::process::Command;
+use std::time::Duration;
 
-use common::{md5_hex, zos_binary, zos_ok};
+use common::{md5_hex, zos_ok, Server};
 use fixtures::guest::{Accel, GuestImage, GuestRun};
 
 const MIB: usize = 1 << 20;
@@ -152,58 +152,6 @@ done
 cd /
 "#;
 
-/// A running `zos vm fs serve`, killed on drop if still running.
-struct FsServer {
-    child: Child,
-    log: PathBuf,
-}
-
-impl FsServer {
-    fn start(flist: &Path, socket: &Path, cache: &Path) -> Self {
-        let log = socket.with_extension("log");
-        let child = Command::new(zos_binary())
-            .args(["vm", "fs", "serve"])
-            .arg(flist)
-            .arg("--socket")
-            .arg(socket)
-            .arg("--cache")
-            .arg(cache)
-            // Files from 4 MiB on (a/big) are read with FOPEN_DIRECT_IO, the rest through
-            // the guest's page cache: both read paths are checked.
-            .args(["--direct-io-min-mib", "4"])
-            .stdin(Stdio::null())
-            .stdout(std::fs::File::create(&log).unwrap())
-            .stderr(std::fs::File::create(&log).unwrap())
-            .spawn()
-            .unwrap();
-        let started = Instant::now();
-        let mut server = Self { child, log };
-        while !socket.exists() {
-            if let Some(status) = server.child.try_wait().unwrap() {
-                panic!("zos vm fs serve exited ({status}): {}", server.log_text());
-            }
-            assert!(
-                started.elapsed() < Duration::from_secs(20),
-                "no socket after 20 s: {}",
-                server.log_text()
-            );
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        server
-    }
-
-    fn log_text(&self) -> String {
-        std::fs::read_to_string(&self.log).unwrap_or_default()
-    }
-}
-
-impl Drop for FsServer {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
 /// One boot checks the whole tree and that writes are refused; a second guest then mounts
 /// the same running backend and reads a large file and the large directory again.
 #[test]
@@ -225,7 +173,25 @@ fn guests_read_a_packed_tree_identically_and_reconnect() {
         &format!("dir://{}", store.display()),
     ]);
     let socket = dir.path().join("fs.sock");
-    let server = FsServer::start(&flist, &socket, &dir.path().join("cache"));
+    let cache = dir.path().join("cache");
+    let server = Server::serve(
+        &[
+            "vm".as_ref(),
+            "fs".as_ref(),
+            "serve".as_ref(),
+            flist.as_os_str(),
+            "--socket".as_ref(),
+            socket.as_os_str(),
+            "--cache".as_ref(),
+            cache.as_os_str(),
+            // Files from 4 MiB on (a/big) are read with FOPEN_DIRECT_IO, the rest through
+            // the guest's page cache: both read paths are checked.
+            "--direct-io-min-mib".as_ref(),
+            "4".as_ref(),
+        ],
+        &socket,
+        "serving vhost-user-fs",
+    );
     let accel = Accel::from_env().unwrap();
     let device = [
         "-chardev".to_owned(),
@@ -250,12 +216,7 @@ echo STATFS=$(stat -f -c %l /mnt/fl)
     .qemu_args(device.clone())
     .run(&image)
     .unwrap();
-    assert!(
-        first.completed(),
-        "first guest: {}\nserver: {}",
-        first.tail(30),
-        server.log_text()
-    );
+    server.assert_completed(&first, "first guest");
     assert_eq!(first.value("MOUNTED"), Some("yes"), "{}", first.tail(30));
 
     let expected = host_listing(&tree);
@@ -299,12 +260,7 @@ echo LINK=$(readlink /mnt/fl/a/b/link)
     .qemu_args(device)
     .run(&image)
     .unwrap();
-    assert!(
-        second.completed(),
-        "second guest: {}\nserver: {}",
-        second.tail(30),
-        server.log_text()
-    );
+    server.assert_completed(&second, "second guest");
     assert_eq!(second.value("MOUNTED"), Some("yes"));
     assert_eq!(second.value("BIG"), Some(md5_hex(&big).as_str()));
     assert_eq!(second.value("MANY"), Some("150"));

@@ -42,31 +42,15 @@ pub struct ServeConfig {
 pub enum ServeError {
     #[error(transparent)]
     Volume(#[from] VolumeError),
-    #[error("socket {0} is already served by another process")]
-    SocketInUse(PathBuf),
-    #[error("{0} exists and is not a socket; refusing to replace it")]
-    NotASocket(PathBuf),
-    #[error("socket {path}: {source}")]
-    Socket {
-        path: PathBuf,
-        source: std::io::Error,
-    },
+    /// The socket is served by another process, is no socket, or cannot be bound.
+    #[error(transparent)]
+    Socket(#[from] SocketError),
     #[error("vhost-user: {0}")]
     VhostUser(String),
     #[error("io_uring or eventfd setup: {0}")]
     Setup(std::io::Error),
     #[error("{0}")]
     BadSetting(String),
-}
-
-impl From<SocketError> for ServeError {
-    fn from(error: SocketError) -> Self {
-        match error {
-            SocketError::InUse(path) => ServeError::SocketInUse(path),
-            SocketError::NotASocket(path) => ServeError::NotASocket(path),
-            SocketError::Io { path, source } => ServeError::Socket { path, source },
-        }
-    }
 }
 
 impl From<ConnectionError> for ServeError {

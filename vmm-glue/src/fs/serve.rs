@@ -91,29 +91,13 @@ pub enum FsServeError {
         path: PathBuf,
         source: std::io::Error,
     },
-    #[error("socket {0} is already served by another process")]
-    SocketInUse(PathBuf),
-    #[error("{0} exists and is not a socket; refusing to replace it")]
-    NotASocket(PathBuf),
-    #[error("socket {path}: {source}")]
-    Socket {
-        path: PathBuf,
-        source: std::io::Error,
-    },
+    /// The socket is served by another process, is no socket, or cannot be bound.
+    #[error(transparent)]
+    Socket(#[from] SocketError),
     #[error("vhost-user: {0}")]
     VhostUser(String),
     #[error("setup: {0}")]
     Setup(std::io::Error),
-}
-
-impl From<SocketError> for FsServeError {
-    fn from(error: SocketError) -> Self {
-        match error {
-            SocketError::InUse(path) => FsServeError::SocketInUse(path),
-            SocketError::NotASocket(path) => FsServeError::NotASocket(path),
-            SocketError::Io { path, source } => FsServeError::Socket { path, source },
-        }
-    }
 }
 
 impl From<ConnectionError> for FsServeError {

@@ -1,9 +1,12 @@
-//! Shared helpers of the end-to-end tests: the real `zos` binary and a served volume.
+//! Shared helpers of the end-to-end tests: the real `zos` binary, a served volume or flist.
 #![allow(dead_code, clippy::unwrap_used, clippy::expect_used)]
 
+use std::ffi::OsStr;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
+
+use fixtures::guest::GuestOutput;
 
 /// The `zos` binary: `$ZOS_BIN`, else `zos` in the target directory this test was built in.
 /// It must be built first (`cargo build -p control --bin zos`); a missing one fails loudly.
@@ -55,24 +58,34 @@ pub fn zos_err(args: &[&str]) -> String {
     String::from_utf8_lossy(&output.stderr).into_owned()
 }
 
-/// A running `zos vm disk serve`, killed (SIGKILL) on drop if still running.
+/// A running `zos vm disk serve` or `zos vm fs serve`, killed (SIGKILL) on drop if still
+/// running.
 pub struct Server {
     pub child: Child,
     pub socket: PathBuf,
     pub log: PathBuf,
 }
 
+/// How long a server may take to bind its socket.
+const SERVER_START_TIMEOUT: Duration = Duration::from_secs(20);
+
 impl Server {
-    /// Starts serving and waits (bounded) for the socket to appear.
+    /// `zos vm disk serve VOLUME --socket SOCKET EXTRA...`, once it serves.
     pub fn start(volume: &Path, socket: &Path, extra: &[&str]) -> Self {
+        let mut arguments: Vec<&OsStr> = vec!["vm".as_ref(), "disk".as_ref(), "serve".as_ref()];
+        arguments.extend([volume.as_os_str(), "--socket".as_ref(), socket.as_os_str()]);
+        arguments.extend(extra.iter().map(OsStr::new));
+        Self::serve(&arguments, socket, "serving vhost-user-blk")
+    }
+
+    /// Runs `zos ARGUMENTS...` and waits (bounded) until `socket` exists and the log says
+    /// `ready_line` (it comes after the socket is bound; a stale socket file may exist
+    /// before).
+    pub fn serve(arguments: &[&OsStr], socket: &Path, ready_line: &str) -> Self {
         let log = socket.with_extension("log");
         let log_file = std::fs::File::create(&log).unwrap();
         let child = Command::new(zos_binary())
-            .args(["vm", "disk", "serve"])
-            .arg(volume)
-            .arg("--socket")
-            .arg(socket)
-            .args(extra)
+            .args(arguments)
             .stdin(Stdio::null())
             .stdout(log_file.try_clone().unwrap())
             .stderr(log_file)
@@ -84,19 +97,29 @@ impl Server {
             log,
         };
         let started = Instant::now();
-        // The log line comes after the socket is bound (a stale socket file may exist before).
-        while !(socket.exists() && server.log_text().contains("serving vhost-user-blk")) {
+        while !(socket.exists() && server.log_text().contains(ready_line)) {
             if let Some(status) = server.child.try_wait().unwrap() {
-                panic!("zos vm disk serve exited ({status}): {}", server.log_text());
+                panic!("zos {arguments:?} exited ({status}): {}", server.log_text());
             }
             assert!(
-                started.elapsed() < Duration::from_secs(10),
-                "no socket after 10 s: {}",
+                started.elapsed() < SERVER_START_TIMEOUT,
+                "no socket after {SERVER_START_TIMEOUT:?}: {}",
                 server.log_text()
             );
             std::thread::sleep(Duration::from_millis(20));
         }
         server
+    }
+
+    /// Asserts that the guest `who` ran its script to the end, showing its console and the
+    /// server's log otherwise.
+    pub fn assert_completed(&self, output: &GuestOutput, who: &str) {
+        assert!(
+            output.completed(),
+            "{who}: {}\nserver: {}",
+            output.tail(30),
+            self.log_text()
+        );
     }
 
     pub fn log_text(&self) -> String {
