@@ -908,6 +908,28 @@ mod tests {
             .collect()
     }
 
+    /// Asserts that write `i` (the `i`th of `statuses`, at sector `i * length / 512`)
+    /// succeeded and left `pattern(i, length)` in the volume file.
+    fn assert_writes_on_disk(driver: &Driver, device: &Device, statuses: &[u64], length: usize) {
+        for (i, status) in statuses.iter().enumerate() {
+            assert_eq!(
+                driver.read(*status, 1),
+                [request::VIRTIO_BLK_S_OK],
+                "write {i}"
+            );
+            let mut on_disk = vec![0u8; length];
+            device
+                .file
+                .read_exact_at(&mut on_disk, (i * length) as u64)
+                .unwrap();
+            assert_eq!(
+                on_disk,
+                pattern(i as u64, length),
+                "file bytes of write {i}"
+            );
+        }
+    }
+
     #[test]
     fn batch_of_writes_and_reads_over_io_uring() {
         let device = device(4 << 20, None);
@@ -918,19 +940,7 @@ mod tests {
             .map(|i| driver.write_request(u64::from(i) * 16, &pattern(u64::from(i), 8192)))
             .collect();
         driver.run(&mut worker, count);
-        for (i, status) in statuses.iter().enumerate() {
-            assert_eq!(
-                driver.read(*status, 1),
-                [request::VIRTIO_BLK_S_OK],
-                "write {i}"
-            );
-            let mut on_disk = vec![0u8; 8192];
-            device
-                .file
-                .read_exact_at(&mut on_disk, i as u64 * 16 * 512)
-                .unwrap();
-            assert_eq!(on_disk, pattern(i as u64, 8192), "file bytes of write {i}");
-        }
+        assert_writes_on_disk(&driver, &device, &statuses, 8192);
         let reads: Vec<(u64, u64)> = (0..count)
             .map(|i| driver.read_request(u64::from(i) * 16, 8192))
             .collect();
@@ -976,19 +986,8 @@ mod tests {
             .poll(&driver.vring, &memory, true, Duration::from_millis(50))
             .unwrap();
         driver.run(&mut worker, 16);
-        for (i, status) in first.iter().chain(&second).enumerate() {
-            assert_eq!(
-                driver.read(*status, 1),
-                [request::VIRTIO_BLK_S_OK],
-                "write {i}"
-            );
-            let mut on_disk = vec![0u8; 4096];
-            device
-                .file
-                .read_exact_at(&mut on_disk, i as u64 * 8 * 512)
-                .unwrap();
-            assert_eq!(on_disk, pattern(i as u64, 4096), "file bytes of write {i}");
-        }
+        let statuses: Vec<u64> = first.into_iter().chain(second).collect();
+        assert_writes_on_disk(&driver, &device, &statuses, 4096);
         assert_eq!(
             driver.read(avail_event_address, 2),
             16u16.to_le_bytes(),
