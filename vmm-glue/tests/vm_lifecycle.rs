@@ -16,6 +16,18 @@ use std::process::{Command, Output, Stdio};
 use common::zos_binary;
 use fixtures::guest::GuestImage;
 
+/// ssh options for a throwaway guest: no host key checks, no prompts, a bounded connect.
+const SSH_OPTIONS: [&str; 8] = [
+    "-o",
+    "StrictHostKeyChecking=no",
+    "-o",
+    "UserKnownHostsFile=/dev/null",
+    "-o",
+    "BatchMode=yes",
+    "-o",
+    "ConnectTimeout=60",
+];
+
 struct Env {
     state_dir: PathBuf,
     accel: String,
@@ -315,27 +327,15 @@ fn start_list_stop_with_share_and_ssh_key() {
     assert!(console.contains("ZOS-VM-SHARE=hostshare"), "{console}");
     assert!(console.contains("ZOS-VM-SSH=listening"), "{console}");
     let port = vm_a["ssh_port"].as_u64().unwrap().to_string();
-    let guest = run(
-        "ssh",
-        &[
-            "-i",
-            key.to_str().unwrap(),
-            "-p",
-            &port,
-            "-o",
-            "StrictHostKeyChecking=no",
-            "-o",
-            "UserKnownHostsFile=/dev/null",
-            "-o",
-            "BatchMode=yes",
-            "-o",
-            "ConnectTimeout=60",
-            "-o",
-            "LogLevel=ERROR",
-            "root@127.0.0.1",
-            "echo SHARE=$(cat /mnt/hostshare/from-host.txt); echo from-guest-$(hostname) > /mnt/hostshare/from-guest.txt; echo DISK=$(cat /sys/block/vda/size); echo ROOT=$(head -1 /etc/inittab)",
-        ],
-    );
+    let mut ssh_arguments = vec!["-i", key.to_str().unwrap(), "-p", &port];
+    ssh_arguments.extend(SSH_OPTIONS);
+    ssh_arguments.extend([
+        "-o",
+        "LogLevel=ERROR",
+        "root@127.0.0.1",
+        "echo SHARE=$(cat /mnt/hostshare/from-host.txt); echo from-guest-$(hostname) > /mnt/hostshare/from-guest.txt; echo DISK=$(cat /sys/block/vda/size); echo ROOT=$(head -1 /etc/inittab)",
+    ]);
+    let guest = run("ssh", &ssh_arguments);
     assert!(guest.contains(&format!("SHARE={token}")), "{guest}");
     assert!(guest.contains("DISK=131072"), "{guest}");
     assert!(guest.contains("ROOT=::sysinit:/etc/init.d/rcS"), "{guest}");
@@ -347,18 +347,8 @@ fn start_list_stop_with_share_and_ssh_key() {
     let denied = Command::new("ssh")
         .args(["-i", key.to_str().unwrap(), "-p"])
         .arg(vm_b["ssh_port"].as_u64().unwrap().to_string())
-        .args([
-            "-o",
-            "StrictHostKeyChecking=no",
-            "-o",
-            "UserKnownHostsFile=/dev/null",
-            "-o",
-            "BatchMode=yes",
-            "-o",
-            "ConnectTimeout=60",
-            "root@127.0.0.1",
-            "true",
-        ])
+        .args(SSH_OPTIONS)
+        .args(["root@127.0.0.1", "true"])
         .stdin(Stdio::null())
         .output()
         .unwrap();
