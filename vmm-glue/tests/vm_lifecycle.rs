@@ -13,7 +13,7 @@ mod common;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 
-use common::zos_binary;
+use common::{failure_stderr, success_stdout, zos_binary};
 use fixtures::guest::GuestImage;
 
 /// ssh options for a throwaway guest: no host key checks, no prompts, a bounded connect.
@@ -45,24 +45,11 @@ impl Env {
     }
 
     fn ok(&self, args: &[&str]) -> String {
-        let output = self.zos(args);
-        assert!(
-            output.status.success(),
-            "zos {args:?} failed:\n{}{}",
-            String::from_utf8_lossy(&output.stdout),
-            String::from_utf8_lossy(&output.stderr)
-        );
-        String::from_utf8_lossy(&output.stdout).into_owned()
+        success_stdout(format_args!("zos {args:?}"), &self.zos(args))
     }
 
     fn err(&self, args: &[&str]) -> String {
-        let output = self.zos(args);
-        assert!(
-            !output.status.success(),
-            "zos {args:?} should have failed:\n{}",
-            String::from_utf8_lossy(&output.stdout)
-        );
-        String::from_utf8_lossy(&output.stderr).into_owned()
+        failure_stderr(format_args!("zos {args:?}"), &self.zos(args))
     }
 
     fn list(&self) -> serde_json::Value {
@@ -88,13 +75,7 @@ fn run(program: &str, args: &[&str]) -> String {
         .unwrap_or_else(|error| {
             panic!("{program} could not run ({error}): apt-get install openssh-client coreutils")
         });
-    assert!(
-        output.status.success(),
-        "{program} {args:?}: {}{}",
-        String::from_utf8_lossy(&output.stdout),
-        String::from_utf8_lossy(&output.stderr)
-    );
-    String::from_utf8_lossy(&output.stdout).into_owned()
+    success_stdout(format_args!("{program} {args:?}"), &output)
 }
 
 fn as_refs(args: &[String]) -> Vec<&str> {

@@ -37,22 +37,30 @@ pub fn zos(args: &[&str]) -> Output {
 
 /// Runs `zos ARGS...` and asserts success, returning stdout.
 pub fn zos_ok(args: &[&str]) -> String {
-    let output = zos(args);
+    success_stdout(format_args!("zos {args:?}"), &zos(args))
+}
+
+/// Runs `zos ARGS...`, asserts failure, returns stderr.
+pub fn zos_err(args: &[&str]) -> String {
+    failure_stderr(format_args!("zos {args:?}"), &zos(args))
+}
+
+/// Asserts that the command `what` succeeded (showing its output otherwise); its stdout.
+pub fn success_stdout(what: impl std::fmt::Display, output: &Output) -> String {
     assert!(
         output.status.success(),
-        "zos {args:?} failed: {}{}",
+        "{what} failed:\n{}{}",
         String::from_utf8_lossy(&output.stdout),
         String::from_utf8_lossy(&output.stderr)
     );
     String::from_utf8_lossy(&output.stdout).into_owned()
 }
 
-/// Runs `zos ARGS...`, asserts failure, returns stderr.
-pub fn zos_err(args: &[&str]) -> String {
-    let output = zos(args);
+/// Asserts that the command `what` failed (showing its stdout otherwise); its stderr.
+pub fn failure_stderr(what: impl std::fmt::Display, output: &Output) -> String {
     assert!(
         !output.status.success(),
-        "zos {args:?} should have failed: {}",
+        "{what} should have failed:\n{}",
         String::from_utf8_lossy(&output.stdout)
     );
     String::from_utf8_lossy(&output.stderr).into_owned()
