@@ -897,15 +897,7 @@ mod tests {
     }
 
     fn pattern(seed: u64, length: usize) -> Vec<u8> {
-        let mut state = seed | 1;
-        (0..length)
-            .map(|_| {
-                state ^= state << 13;
-                state ^= state >> 7;
-                state ^= state << 17;
-                state as u8
-            })
-            .collect()
+        fixtures::bytes::xorshift_bytes(seed | 1, length)
     }
 
     /// Asserts that write `i` (the `i`th of `statuses`, at sector `i * length / 512`)
