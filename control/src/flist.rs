@@ -69,6 +69,12 @@ pub enum FlistCommand {
         /// overlayfs's scratch). Unmounting MOUNTPOINT ends the mount.
         #[arg(long, value_name = "UPPERDIR")]
         rw: Option<PathBuf>,
+        /// Serve every read from the mount process: make no plaintext copies of files in
+        /// the cache and use no FUSE passthrough (by default a file of 1 MiB or more that
+        /// was read whole gets a checked plaintext copy in CACHE/files, and later opens
+        /// let the kernel read that copy directly, at local filesystem speed).
+        #[arg(long)]
+        no_passthrough: bool,
     },
     /// Unmount an flist mounted with `zos flist mount` (its process then exits).
     Umount {
@@ -196,6 +202,7 @@ fn run_command(command: FlistCommand) -> anyhow::Result<()> {
             timeout_ms,
             threads,
             rw,
+            no_passthrough,
         } => {
             let options = MountOptions {
                 cache,
@@ -203,6 +210,7 @@ fn run_command(command: FlistCommand) -> anyhow::Result<()> {
                 timeout_ms,
                 threads,
                 rw,
+                passthrough: !no_passthrough,
             };
             mount(&flist, &mountpoint, &stores, options)
         }
@@ -215,7 +223,7 @@ fn run_command(command: FlistCommand) -> anyhow::Result<()> {
             cache,
         } => {
             let image = open(&flist)?;
-            let source = chunk_source(
+            let (source, _) = chunk_source(
                 &image,
                 &stores,
                 cache,
@@ -303,7 +311,7 @@ fn chunk_source(
     cache: Option<PathBuf>,
     cache_bytes: u64,
     config: SourceConfig,
-) -> anyhow::Result<StoreSource> {
+) -> anyhow::Result<(StoreSource, Option<Arc<flistfs::cache::ChunkCache>>)> {
     let texts: Vec<String> = if stores.is_empty() {
         flist
             .tags()?
@@ -323,7 +331,7 @@ fn chunk_source(
         )),
         None => None,
     };
-    Ok(StoreSource::new(routes, cache, config)?)
+    Ok((StoreSource::new(routes, cache.clone(), config)?, cache))
 }
 
 fn parse_tag(text: &str) -> anyhow::Result<(&str, &str)> {
@@ -412,6 +420,8 @@ struct MountOptions {
     timeout_ms: u64,
     threads: usize,
     rw: Option<PathBuf>,
+    /// Plaintext copies and FUSE passthrough.
+    passthrough: bool,
 }
 
 /// Mounts the overlay once the flist is mounted at `lower`, then ends the FUSE mount when
@@ -445,20 +455,29 @@ fn mount(
     stores: &[String],
     options: MountOptions,
 ) -> anyhow::Result<()> {
+    flistfs::sys::keep_freed_memory();
     let flist = Arc::new(open(flist_path)?);
     let config = SourceConfig {
         store_timeout: Duration::from_millis(options.timeout_ms),
         ..SourceConfig::default()
     };
     let cache = Some(options.cache.unwrap_or_else(default_cache));
-    let source = chunk_source(
+    let (source, cache) = chunk_source(
         &flist,
         stores,
         cache,
         options.cache_mib.saturating_mul(1048576),
         config,
     )?;
-    let core = FsCore::new(flist, Arc::new(source) as Arc<dyn ChunkSource>);
+    let source = Arc::new(source) as Arc<dyn ChunkSource>;
+    let copies = match cache {
+        Some(cache) if options.passthrough => Some(
+            flistfs::copies::Copies::new(flist.clone(), source.clone(), cache)
+                .context("starting the plaintext copy maker")?,
+        ),
+        _ => None,
+    };
+    let core = FsCore::new(flist, source);
     let (fuse_mountpoint, stacked) = match &options.rw {
         Some(upper_root) => {
             for part in ["lower", "upper", "work"] {
@@ -485,6 +504,7 @@ fn mount(
     tracing::info!(flist = %flist_path.display(), mountpoint = %mountpoint.display(), "mounting; Ctrl-C or `zos flist umount` to stop");
     flistfs::fuse::serve(
         core,
+        copies,
         &fuse_mountpoint,
         options.threads,
         &flist_path.display().to_string(),
@@ -643,7 +663,7 @@ fn cat(path: &Path, inner: &str, stores: &[String]) -> anyhow::Result<()> {
     if file.kind() != mode::REGULAR {
         bail!("{inner} is not a regular file");
     }
-    let source = chunk_source(&flist, stores, None, 0, SourceConfig::default())?;
+    let (source, _) = chunk_source(&flist, stores, None, 0, SourceConfig::default())?;
     let core = FsCore::new(flist.clone(), Arc::new(source));
     let mut out = std::io::stdout().lock();
     use std::io::Write;
@@ -796,6 +816,7 @@ fn demo(source: &Path, workdir: Option<PathBuf>) -> anyhow::Result<()> {
         timeout_ms: flistfs::source::STORE_TIMEOUT_MS_DEFAULT,
         threads: flistfs::fuse::FUSE_THREADS_DEFAULT,
         rw: None,
+        passthrough: true,
     };
     mount(&flist, &mountpoint, &[], options)?;
     println!(

@@ -507,3 +507,120 @@ fn rw_mounts_write_to_the_upper_folder() {
         "unmounting the overlay ends the flist mount too"
     );
 }
+
+/// Files of `pid` open under `folder` (from /proc/PID/fd).
+fn open_files_under(pid: u32, folder: &Path) -> Vec<PathBuf> {
+    std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .unwrap()
+        .filter_map(|entry| std::fs::read_link(entry.ok()?.path()).ok())
+        .filter(|target| target.starts_with(folder))
+        .collect()
+}
+
+/// Waits until `folder` holds `count` files, for at most 20 s.
+fn wait_for_files(folder: &Path, count: usize) -> Vec<PathBuf> {
+    let started = Instant::now();
+    loop {
+        let found: Vec<PathBuf> = std::fs::read_dir(folder)
+            .map(|entries| entries.map(|entry| entry.unwrap().path()).collect())
+            .unwrap_or_default();
+        if found.len() >= count {
+            return found;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(20),
+            "{} files in {} after 20 s, expected {count}",
+            found.len(),
+            folder.display()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+#[test]
+fn files_read_whole_are_then_served_by_passthrough() {
+    assert!(
+        Path::new("/dev/fuse").exists(),
+        "this test needs /dev/fuse (CI runs as root with it)"
+    );
+    let scratch = tempfile::tempdir().unwrap();
+    let path = |name: &str| scratch.path().join(name);
+    for name in ["src", "store", "mnt", "cache"] {
+        std::fs::create_dir(path(name)).unwrap();
+    }
+    let mebibyte = 1 << 20;
+    let big = pattern(77, 3 * mebibyte + 5);
+    std::fs::write(path("src/big"), &big).unwrap();
+    // Data, a hole of three chunks, data: the copy must read zeros in between.
+    let sparse_file = std::fs::File::create(path("src/sparse")).unwrap();
+    std::os::unix::fs::FileExt::write_at(&sparse_file, b"head", 0).unwrap();
+    std::os::unix::fs::FileExt::write_at(&sparse_file, b"tail", 4 * mebibyte as u64).unwrap();
+    drop(sparse_file);
+    let sparse = std::fs::read(path("src/sparse")).unwrap();
+    std::fs::write(path("src/small"), "small files are not copied\n").unwrap();
+    let flist = path("p.fl");
+    let store = format!("dir://{}", path("store").display());
+    zos(&[
+        "flist".as_ref(),
+        "pack".as_ref(),
+        path("src").as_os_str(),
+        "-o".as_ref(),
+        flist.as_os_str(),
+        "--store".as_ref(),
+        store.as_ref(),
+    ]);
+    let mount = Mount::start(&flist, &path("mnt"), &path("cache"));
+    let mount_pid = mount.child.id();
+
+    // First reads: served by the mount; reading to the end has the copies made.
+    assert_eq!(std::fs::read(path("mnt/big")).unwrap(), big);
+    assert_eq!(std::fs::read(path("mnt/sparse")).unwrap(), sparse);
+    std::fs::read(path("mnt/small")).unwrap();
+    let copies = wait_for_files(&path("cache/files"), 2);
+    assert_eq!(copies.len(), 2, "one copy per file of 1 MiB or more");
+
+    // A new open is a passthrough one: the mount holds the copy as its backing file, and
+    // reads no longer need the mount process at all (it is stopped while they run).
+    let file = std::fs::File::open(path("mnt/big")).unwrap();
+    let backing = open_files_under(mount_pid, &path("cache/files"));
+    assert_eq!(
+        backing.len(),
+        1,
+        "the copy is registered as the backing file"
+    );
+    // SAFETY: kill with a valid pid and signal number has no memory effects.
+    assert_eq!(unsafe { libc::kill(mount_pid as i32, libc::SIGSTOP) }, 0);
+    // The file is handed back, not closed, while the mount is stopped: only reads count.
+    let reader = std::thread::spawn(move || {
+        let mut content = vec![0u8; 3 * mebibyte + 5];
+        std::os::unix::fs::FileExt::read_exact_at(&file, &mut content, 0).unwrap();
+        (content, file)
+    });
+    let started = Instant::now();
+    while !reader.is_finished() && started.elapsed() < Duration::from_secs(10) {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    // SAFETY: as above.
+    assert_eq!(unsafe { libc::kill(mount_pid as i32, libc::SIGCONT) }, 0);
+    let finished_while_stopped = reader.is_finished();
+    let (content, file) = reader.join().unwrap();
+    drop(file);
+    assert!(
+        finished_while_stopped,
+        "a passthrough read waited for the stopped mount process"
+    );
+    assert_eq!(content, big, "passthrough reads back identical bytes");
+
+    // Closing releases the backing file; every later open reads the same bytes.
+    let started = Instant::now();
+    while !open_files_under(mount_pid, &path("cache/files")).is_empty() {
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "the backing file is still open after the file was closed"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert_eq!(std::fs::read(path("mnt/big")).unwrap(), big);
+    assert_eq!(std::fs::read(path("mnt/sparse")).unwrap(), sparse);
+    mount.unmount_with_zos();
+}

@@ -22,6 +22,13 @@
 //! - **LRU across processes and restarts**: recency is the file's mtime, set to now when a
 //!   chunk is written or read from the cache, so every process sees the others' use and a
 //!   restarted mount finds the order where it left it.
+//! - **Plaintext copies**: `<dir>/files/<64 hex digits>` (folder mode 0700, files 0600)
+//!   holds whole files' plaintext, for FUSE passthrough (made and checked by
+//!   [`crate::copies`]). They are written to `tmp/` and renamed in like chunks, count in the
+//!   same `usage` and the same bound (by allocated bytes, so sparse files count their data),
+//!   and are evicted by the same LRU, except that a copy in use is never evicted: whoever
+//!   uses one holds a shared `flock` on it, and eviction skips a copy it cannot lock
+//!   exclusively.
 
 use std::collections::{BTreeMap, HashMap};
 use std::fs;
@@ -128,6 +135,10 @@ pub const EVICT_TO_PERCENT: u64 = 90;
 /// Temporary files older than this are deleted at open even if their process seems alive.
 const TEMPORARY_AGE_MAX: std::time::Duration = std::time::Duration::from_secs(3600);
 const USAGE_FILE: &str = "usage";
+/// The folder of plaintext copies, inside the cache folder.
+pub const COPIES_DIR: &str = "files";
+/// A plaintext copy may take at most this share of the cache's bound.
+pub const COPY_SHARE_PERCENT_MAX: u64 = 25;
 
 /// The on-disk chunk cache.
 #[derive(Debug)]
@@ -144,6 +155,7 @@ impl ChunkCache {
     /// Lists the folder once: recounts its bytes and evicts down to the bound.
     pub fn open(directory: &Path, capacity_bytes: u64) -> std::io::Result<Self> {
         fs::create_dir_all(directory.join("tmp"))?;
+        create_private_dir(&directory.join(COPIES_DIR))?;
         remove_abandoned_temporaries(&directory.join("tmp"))?;
         let usage = fs::File::options()
             .read(true)
@@ -220,6 +232,24 @@ impl ChunkCache {
                 ));
             }
         }
+        let copies_start = found.len();
+        for entry in fs::read_dir(self.directory.join(COPIES_DIR))?.flatten() {
+            if parse_id(&entry.file_name().to_string_lossy()).is_none() {
+                continue;
+            }
+            let Ok(metadata) = entry.metadata() else {
+                continue;
+            };
+            found.push((
+                metadata.modified().unwrap_or(SystemTime::UNIX_EPOCH),
+                entry.path(),
+                copy_bytes(&metadata),
+            ));
+        }
+        let is_copy: std::collections::HashSet<PathBuf> = found[copies_start..]
+            .iter()
+            .map(|(_, path, _)| path.clone())
+            .collect();
         found.sort();
         let mut total: u64 = found.iter().map(|(_, _, bytes)| bytes).sum();
         let mut evicted = 0usize;
@@ -230,10 +260,14 @@ impl ChunkCache {
             if Some(path.as_path()) == keep {
                 continue;
             }
-            if fs::remove_file(path).is_ok() {
-                total -= bytes;
-                evicted += 1;
+            if is_copy.contains(path) && !remove_copy_if_unused(path) {
+                continue;
             }
+            if !is_copy.contains(path) && fs::remove_file(path).is_err() {
+                continue;
+            }
+            total -= bytes;
+            evicted += 1;
         }
         if evicted > 0 {
             tracing::debug!(evicted, total, "chunk cache evicted");
@@ -313,11 +347,117 @@ impl ChunkCache {
         Ok(())
     }
 
-    /// Bytes of chunks in the cache, all processes together.
+    /// Bytes of chunks and plaintext copies in the cache, all processes together.
     pub fn total_bytes(&self) -> u64 {
         self.lock_usage()
             .and_then(|usage| usage.load())
             .unwrap_or(0)
+    }
+
+    /// Where plaintext copy `name` lives.
+    pub fn copy_path(&self, name: &[u8; 32]) -> PathBuf {
+        self.directory.join(COPIES_DIR).join(hex::encode(name))
+    }
+
+    /// The largest plaintext copy this cache takes ([`COPY_SHARE_PERCENT_MAX`] of its bound).
+    pub fn copy_bytes_max(&self) -> u64 {
+        self.capacity_bytes / 100 * COPY_SHARE_PERCENT_MAX
+    }
+
+    /// Opens plaintext copy `name` for reading, if present, and locks it against eviction
+    /// (a shared `flock`, held as long as the file is open). Not verified: that is the
+    /// caller's business.
+    pub fn open_copy(&self, name: &[u8; 32]) -> Option<fs::File> {
+        let path = self.copy_path(name);
+        let file = fs::File::open(&path).ok()?;
+        crate::sys::flock_shared(&file).ok()?;
+        // Evicted between our open and our lock: it is gone, whatever we hold.
+        use std::os::unix::fs::MetadataExt;
+        if file.metadata().ok()?.nlink() == 0 {
+            return None;
+        }
+        self.note_used(&path);
+        Some(file)
+    }
+
+    /// Deletes plaintext copy `name` (found corrupt by a caller) if nobody uses it.
+    pub fn discard_copy(&self, name: &[u8; 32]) {
+        let path = self.copy_path(name);
+        let Ok(metadata) = fs::metadata(&path) else {
+            return;
+        };
+        if remove_copy_if_unused(&path) {
+            if let Ok(usage) = self.lock_usage() {
+                let _ = usage.add(-(copy_bytes(&metadata) as i64));
+            }
+        }
+    }
+
+    /// Adds plaintext copy `name` of `size_bytes`: `fill` writes it into a new private
+    /// temporary file, `verify` checks what was written (read back from the file), and
+    /// only then is it renamed into place, counted and the cache evicted down to its bound
+    /// (never this copy). Returns the copy, open and locked as by
+    /// [`ChunkCache::open_copy`]; `Ok(None)` when it is larger than
+    /// [`ChunkCache::copy_bytes_max`]. A copy that fails `verify` is never renamed in.
+    pub fn put_copy(
+        &self,
+        name: &[u8; 32],
+        size_bytes: u64,
+        fill: impl FnOnce(&fs::File) -> std::io::Result<()>,
+        verify: impl FnOnce(&fs::File) -> Result<(), String>,
+    ) -> std::io::Result<Option<fs::File>> {
+        if size_bytes > self.copy_bytes_max() {
+            return Ok(None);
+        }
+        if let Some(file) = self.open_copy(name) {
+            return Ok(Some(file));
+        }
+        let counter = self.temporary_counter.fetch_add(1, Ordering::Relaxed);
+        let temporary = self.directory.join("tmp").join(format!(
+            "{}.{}.{counter}",
+            hex::encode(name),
+            std::process::id()
+        ));
+        let made = (|| {
+            use std::os::unix::fs::OpenOptionsExt;
+            let file = fs::File::options()
+                .read(true)
+                .write(true)
+                .create_new(true)
+                .mode(0o600)
+                .open(&temporary)?;
+            fill(&file)?;
+            file.set_len(size_bytes)?;
+            verify(&file).map_err(std::io::Error::other)?;
+            crate::sys::flock_shared(&file)?;
+            Ok::<_, std::io::Error>(file)
+        })();
+        let file = match made {
+            Ok(file) => file,
+            Err(error) => {
+                let _ = fs::remove_file(&temporary);
+                return Err(error);
+            }
+        };
+        let path = self.copy_path(name);
+        if let Err(error) = fs::rename(&temporary, &path) {
+            let _ = fs::remove_file(&temporary);
+            return Err(error);
+        }
+        self.note_used(&path);
+        let bytes = copy_bytes(&file.metadata()?);
+        let usage = self.lock_usage()?;
+        let total = usage.add(bytes as i64)?;
+        if total > self.capacity_bytes {
+            let target = self.capacity_bytes / 100 * EVICT_TO_PERCENT;
+            self.evict_locked(&usage, target, Some(&path))?;
+        }
+        Ok(Some(file))
+    }
+
+    /// Whether chunk `id` is in the cache (not verified).
+    pub fn contains(&self, id: &[u8; 32]) -> bool {
+        self.path_of(id).exists()
     }
 }
 
@@ -377,6 +517,36 @@ fn remove_abandoned_temporaries(temporary_directory: &Path) -> std::io::Result<(
         }
     }
     Ok(())
+}
+
+/// What a plaintext copy counts for in the bound: its allocated bytes (holes are free).
+fn copy_bytes(metadata: &fs::Metadata) -> u64 {
+    use std::os::unix::fs::MetadataExt;
+    metadata.blocks() * 512
+}
+
+/// Deletes the copy at `path` unless some process holds it open and locked; whether it
+/// was deleted.
+fn remove_copy_if_unused(path: &Path) -> bool {
+    let Ok(file) = fs::File::open(path) else {
+        return false;
+    };
+    match crate::sys::flock_try_exclusive(&file) {
+        // Deleted while locked: an opener that locks it next sees it unlinked.
+        Ok(true) => fs::remove_file(path).is_ok(),
+        _ => false,
+    }
+}
+
+/// Creates `path` (and its parents) as a folder only its owner may enter (0700), and
+/// makes an existing one so.
+fn create_private_dir(path: &Path) -> std::io::Result<()> {
+    use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
+    fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(path)?;
+    fs::set_permissions(path, fs::Permissions::from_mode(0o700))
 }
 
 fn parse_id(name: &str) -> Option<[u8; 32]> {

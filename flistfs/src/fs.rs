@@ -31,6 +31,18 @@ pub trait ChunkSource: Send + Sync {
     fn prefetch(&self, chunks: &[ChunkRef]) {
         let _ = chunks;
     }
+
+    /// Whether `chunk` can be had without asking a store (it is in a local cache).
+    fn is_local(&self, chunk: &ChunkRef) -> bool {
+        let _ = chunk;
+        false
+    }
+
+    /// The verified plaintext of `chunk` if a local cache has it; never asks a store.
+    fn fetch_local(&self, chunk: &ChunkRef) -> Option<Arc<Vec<u8>>> {
+        let _ = chunk;
+        None
+    }
 }
 
 /// Errors of the core, each with its errno.

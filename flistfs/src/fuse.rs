@@ -1,22 +1,40 @@
 //! The FUSE adapter: turns `/dev/fuse` requests into calls on the fs core.
 //!
-//! It owns nothing but the translation (fuser types in, errno out). It mounts with
-//! mount(2) directly (no `AutoUnmount`, so no fusermount), read-only, with the kernel's
-//! own permission checks (`default_permissions`), several worker threads, and long entry,
-//! attribute and page caching: the flist is immutable, so nothing cached can go stale.
+//! It owns the translation (fuser types in, errno out) and the choice of how each open file
+//! is served. It mounts with mount(2) directly (no `AutoUnmount`, so no fusermount),
+//! read-only, with the kernel's own permission checks (`default_permissions`), several
+//! worker threads, and long entry, attribute and page caching: the flist is immutable, so
+//! nothing cached can go stale.
+//!
+//! **Passthrough**: when the kernel offers FUSE passthrough (Linux 6.9 and later) and a
+//! file has a checked plaintext copy in the cache ([`crate::copies`]), `open` hands the
+//! kernel that copy as the file's backing file: reads and mmaps of that open file go to
+//! the copy without a round trip through this process, at the local filesystem's speed.
+//! The kernel allows an inode to be open in passthrough or in cached mode, never both at
+//! once, and every passthrough open of an inode must name the same backing file; so the
+//! adapter counts each inode's open files by mode, opens in the mode already in use, and
+//! keeps the backing file registered until the last passthrough open is released. A file
+//! read to its end asks for its copy to be made; the next open (once no cached open is
+//! left) is a passthrough one. Where passthrough is refused (an older kernel, no
+//! `CAP_SYS_ADMIN`, a cache on a stacked filesystem) the adapter says so once in the log
+//! and serves every read itself.
 
+use std::collections::HashMap;
 use std::ffi::OsStr;
 use std::os::unix::ffi::OsStrExt;
 use std::path::Path;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use fuser::{
-    AccessFlags, Config, Errno, FileAttr, FileHandle, FileType, Filesystem, FopenFlags, Generation,
-    INodeNo, InitFlags, IoctlFlags, KernelConfig, LockOwner, MountOption, OpenFlags, ReplyAttr,
-    ReplyData, ReplyDirectory, ReplyDirectoryPlus, ReplyEmpty, ReplyEntry, ReplyIoctl, ReplyLseek,
-    ReplyOpen, ReplyStatfs, ReplyXattr, Request, SessionACL,
+    AccessFlags, BackingId, Config, Errno, FileAttr, FileHandle, FileType, Filesystem, FopenFlags,
+    Generation, INodeNo, InitFlags, IoctlFlags, KernelConfig, LockOwner, MountOption, OpenFlags,
+    ReplyAttr, ReplyData, ReplyDirectory, ReplyDirectoryPlus, ReplyEmpty, ReplyEntry, ReplyIoctl,
+    ReplyLseek, ReplyOpen, ReplyStatfs, ReplyXattr, Request, SessionACL,
 };
 
+use crate::copies::Copies;
 use crate::format::mode;
 use crate::fs::{Attr, FsCore, FsError};
 
@@ -30,16 +48,128 @@ pub const FUSE_THREADS_DEFAULT: usize = 4;
 /// Pending background requests (read-ahead) the kernel may queue to us.
 pub const BACKGROUND_REQUESTS_MAX: u16 = 64;
 
+/// Backing files stack on a filesystem at most this deep below the mount: 1 lets the
+/// copies live on an ordinary filesystem and lets an overlayfs (`--rw`) stack on the mount.
+pub const PASSTHROUGH_STACK_DEPTH: u32 = 1;
+
+/// File handle of a file opened in cached mode (reads answered by this process).
+const HANDLE_CACHED: u64 = 0;
+/// File handle of a file opened in passthrough mode (reads go to its plaintext copy).
+const HANDLE_PASSTHROUGH: u64 = 1;
+
+/// The open files of one inode, by mode (the kernel never mixes them on one inode).
+#[derive(Default)]
+struct InodeOpens {
+    cached: u32,
+    passthrough: u32,
+    /// The registered backing file and the copy it was made from (open and locked against
+    /// eviction), while `passthrough > 0`.
+    backing: Option<(BackingId, std::fs::File)>,
+}
+
 /// The FUSE filesystem over an [`FsCore`].
-#[derive(Debug)]
 pub struct FuseAdapter {
     core: FsCore,
+    copies: Option<Arc<Copies>>,
+    /// Passthrough was granted by the kernel and has not failed.
+    passthrough: AtomicBool,
+    opens: Mutex<HashMap<u64, InodeOpens>>,
+}
+
+impl std::fmt::Debug for FuseAdapter {
+    fn fmt(&self, formatter: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        formatter
+            .debug_struct("FuseAdapter")
+            .field("core", &self.core)
+            .field("passthrough", &self.passthrough.load(Ordering::Relaxed))
+            .finish()
+    }
 }
 
 impl FuseAdapter {
-    /// Wraps `core`.
+    /// Wraps `core`; every read is answered by this process.
     pub fn new(core: FsCore) -> Self {
-        Self { core }
+        Self::with_copies(core, None)
+    }
+
+    /// Wraps `core`; files with a plaintext copy in `copies` are opened in passthrough
+    /// when the kernel allows it.
+    pub fn with_copies(core: FsCore, copies: Option<Arc<Copies>>) -> Self {
+        Self {
+            core,
+            copies,
+            passthrough: AtomicBool::new(false),
+            opens: Mutex::new(HashMap::new()),
+        }
+    }
+
+    fn opens(&self) -> std::sync::MutexGuard<'_, HashMap<u64, InodeOpens>> {
+        self.opens
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// Opens `ino` for reading, in passthrough when it has a copy and no cached open.
+    fn open_file(&self, ino: u64, reply: ReplyOpen) {
+        let copies = match &self.copies {
+            Some(copies) if self.passthrough.load(Ordering::Relaxed) && copies.wanted(ino) => {
+                copies
+            }
+            _ => return reply.opened(FileHandle(HANDLE_CACHED), FopenFlags::FOPEN_KEEP_CACHE),
+        };
+        // An inode already open in one mode is opened in that mode.
+        {
+            let mut opens = self.opens();
+            let entry = opens.entry(ino).or_default();
+            if entry.cached > 0 {
+                entry.cached += 1;
+                return reply.opened(FileHandle(HANDLE_CACHED), FopenFlags::FOPEN_KEEP_CACHE);
+            }
+            if let Some((backing, _)) = &entry.backing {
+                entry.passthrough += 1;
+                return reply.opened_passthrough(
+                    FileHandle(HANDLE_PASSTHROUGH),
+                    FopenFlags::empty(),
+                    backing,
+                );
+            }
+        }
+        // Finding (and on first use checking) the copy takes a while: not under the lock.
+        let copy = copies.open(ino);
+        let mut opens = self.opens();
+        let entry = opens.entry(ino).or_default();
+        if entry.cached == 0 {
+            if let Some((backing, _)) = &entry.backing {
+                entry.passthrough += 1;
+                return reply.opened_passthrough(
+                    FileHandle(HANDLE_PASSTHROUGH),
+                    FopenFlags::empty(),
+                    backing,
+                );
+            }
+            if let Some(copy) = copy {
+                match reply.open_backing(&copy) {
+                    Ok(backing) => {
+                        entry.passthrough = 1;
+                        reply.opened_passthrough(
+                            FileHandle(HANDLE_PASSTHROUGH),
+                            FopenFlags::empty(),
+                            &backing,
+                        );
+                        entry.backing = Some((backing, copy));
+                        return;
+                    }
+                    Err(error) => {
+                        self.passthrough.store(false, Ordering::Relaxed);
+                        tracing::warn!(%error, "the kernel refused a backing file; FUSE passthrough is off for this mount, every read is served by the mount");
+                    }
+                }
+            } else {
+                copies.request(ino);
+            }
+        }
+        entry.cached += 1;
+        reply.opened(FileHandle(HANDLE_CACHED), FopenFlags::FOPEN_KEEP_CACHE)
     }
 }
 
@@ -107,6 +237,16 @@ impl Filesystem for FuseAdapter {
         // Room for the kernel's read-ahead of several files at once.
         let _ = config.set_max_background(BACKGROUND_REQUESTS_MAX);
         let _ = config.set_congestion_threshold(BACKGROUND_REQUESTS_MAX * 3 / 4);
+        if self.copies.is_some() {
+            let granted = config.add_capabilities(InitFlags::FUSE_PASSTHROUGH).is_ok()
+                && config.set_max_stack_depth(PASSTHROUGH_STACK_DEPTH).is_ok();
+            self.passthrough.store(granted, Ordering::Relaxed);
+            if granted {
+                tracing::info!("FUSE passthrough on: files with a plaintext copy are read by the kernel directly");
+            } else {
+                tracing::warn!("the kernel offers no FUSE passthrough (Linux 6.9 or later has it); every read is served by the mount");
+            }
+        }
         Ok(())
     }
 
@@ -140,9 +280,38 @@ impl Filesystem for FuseAdapter {
     fn open(&self, _request: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
         let write = flags.0 & libc::O_ACCMODE != libc::O_RDONLY;
         match self.core.open(ino.0, write) {
-            Ok(()) => reply.opened(FileHandle(0), FopenFlags::FOPEN_KEEP_CACHE),
+            Ok(()) => self.open_file(ino.0, reply),
             Err(error) => reply.error(errno(&error)),
         }
+    }
+
+    fn release(
+        &self,
+        _request: &Request,
+        ino: INodeNo,
+        handle: FileHandle,
+        _flags: OpenFlags,
+        _lock_owner: Option<LockOwner>,
+        _flush: bool,
+        reply: ReplyEmpty,
+    ) {
+        let mut opens = self.opens();
+        if let Some(entry) = opens.get_mut(&ino.0) {
+            if handle.0 == HANDLE_PASSTHROUGH {
+                entry.passthrough = entry.passthrough.saturating_sub(1);
+                if entry.passthrough == 0 {
+                    // Unregisters the backing file and unlocks the copy.
+                    entry.backing = None;
+                }
+            } else {
+                entry.cached = entry.cached.saturating_sub(1);
+            }
+            if entry.cached == 0 && entry.passthrough == 0 {
+                opens.remove(&ino.0);
+            }
+        }
+        drop(opens);
+        reply.ok();
     }
 
     fn read(
@@ -159,15 +328,33 @@ impl Filesystem for FuseAdapter {
         // The kernel copies the reply once, into its page cache: hand it the chunk's own
         // bytes when the read lies in one chunk (nearly always), no copy of ours.
         match self.core.read_data(ino.0, offset, size) {
-            Ok(data) => match data.as_single_slice() {
-                Some(bytes) => reply.data(bytes),
-                None => reply.data(&data.to_vec()),
-            },
+            Ok(data) => {
+                let read_end = offset + data.len() as u64;
+                match data.as_single_slice() {
+                    Some(bytes) => reply.data(bytes),
+                    None => reply.data(&data.to_vec()),
+                }
+                // A read that reaches the end of a file that gets copies: the file was
+                // likely read whole, so its chunks are local; have its copy made (that
+                // checks every chunk is local first, and never fetches).
+                if let Some(copies) = &self.copies {
+                    if copies.wanted(ino.0)
+                        && self
+                            .core
+                            .getattr(ino.0)
+                            .is_ok_and(|attr| read_end >= attr.size)
+                    {
+                        copies.read_to_end(ino.0);
+                    }
+                }
+            }
             Err(error) => reply.error(errno(&error)),
         }
     }
 
-    /// Nothing is ever buffered for writing: a close has nothing to flush.
+    /// Nothing is ever buffered for writing: a close has nothing to flush. ENOSYS tells
+    /// the kernel so once and for all: it sends no more flushes, so a close costs no round
+    /// trip (and closing a passthrough file never waits for this process).
     fn flush(
         &self,
         _request: &Request,
@@ -176,7 +363,7 @@ impl Filesystem for FuseAdapter {
         _owner: LockOwner,
         reply: ReplyEmpty,
     ) {
-        reply.ok();
+        reply.error(Errno::ENOSYS);
     }
 
     fn lseek(
@@ -351,18 +538,20 @@ pub fn mount_config(threads: usize, fs_name: &str) -> Config {
     config
 }
 
-/// Mounts `core` at `mountpoint` and serves it until the filesystem is unmounted (by
+/// Mounts `core` at `mountpoint` (with passthrough to the plaintext copies of `copies`,
+/// when given) and serves it until the filesystem is unmounted (by
 /// `zos flist umount` or umount(8)) or the process gets SIGINT or SIGTERM, which unmount it
 /// (`stacked` first: a mount made over this one, such as the `--rw` overlay).
 pub fn serve(
     core: FsCore,
+    copies: Option<Arc<Copies>>,
     mountpoint: &Path,
     threads: usize,
     fs_name: &str,
     stacked: Option<std::path::PathBuf>,
 ) -> std::io::Result<()> {
     let mut session = fuser::Session::new(
-        FuseAdapter::new(core),
+        FuseAdapter::with_copies(core, copies),
         mountpoint,
         &mount_config(threads, fs_name),
     )?;

@@ -14,17 +14,24 @@
 //! - [`fs`]: the protocol-free filesystem core (lookup, getattr, readdir, readlink, read,
 //!   xattrs, statfs) over an open flist and a [`fs::ChunkSource`]. FUSE and virtio-fs are
 //!   thin adapters over it.
+//! - [`cache`] and [`source`]: the machine-wide chunk cache on disk and the chunk source
+//!   of a mount (stores, caches, single flight, read-ahead).
+//! - [`copies`]: plaintext copies of whole files in the cache folder, made from verified
+//!   chunks and checked against the flist, for FUSE passthrough.
+//! - [`fuse`]: the FUSE adapter over the core; files with a copy are opened in passthrough
+//!   (the kernel reads the copy itself).
 //!
 //! Data flows one way on each path: pack walks a source tree, seals chunks and writes the
 //! flist; a mount maps the flist, and each read asks the chunk source for the chunks it
 //! covers.
 //!
-//! Why each dependency: memmap2 (mapping), blake3 (checksums, ids, keys), aes-gcm and zstd
-//! (our chunk codec), rusqlite with bundled SQLite (rfs flists are SQLite files), blake2 and
+//! Why each dependency: memmap2 (mapping), blake3 (checksums, ids, keys), ring's AES-256-GCM
+//! and zstd (our chunk codec), rusqlite with bundled SQLite (rfs flists are SQLite files), blake2 and
 //! snap (rfs's chunk codec), thiserror and tracing (errors and logs).
 
 pub mod cache;
 pub mod chunk;
+pub mod copies;
 pub mod format;
 pub mod fs;
 pub mod fuse;

@@ -281,7 +281,9 @@ impl Inner {
         if let Some(cache) = &self.cache {
             // Opening checks the bytes against the id: hashed once, here.
             if let Some(stored) = cache.get_unverified(&chunk.id) {
-                match chunk::open(chunk, &stored) {
+                let opened = chunk::check_stored(chunk, &stored)
+                    .and_then(|()| chunk::open_checked(chunk, stored));
+                match opened {
                     Ok(plain) => return Ok(Arc::new(plain)),
                     Err(error) => {
                         tracing::error!(%error, "cached chunk does not open; fetching it again");
@@ -319,16 +321,19 @@ impl Inner {
                 }
                 Ok(Ok(Some(stored))) => stored,
             };
-            // Opening checks the bytes against the id first (and then everything else).
-            match chunk::open(chunk, &stored) {
-                Ok(plain) => {
-                    if let Some(cache) = &self.cache {
-                        if let Err(error) = cache.put(&chunk.id, &stored) {
-                            tracing::warn!(%error, chunk = %id_hex, "could not write the chunk cache");
-                        }
-                    }
-                    return Ok(Arc::new(plain));
+            // Bytes that hash to the id are the chunk's: cache them, then decrypt them in
+            // place (which checks everything else).
+            if let Err(error) = chunk::check_stored(chunk, &stored) {
+                failures.push(format!("{}: {error}", route.url));
+                continue;
+            }
+            if let Some(cache) = &self.cache {
+                if let Err(error) = cache.put(&chunk.id, &stored) {
+                    tracing::warn!(%error, chunk = %id_hex, "could not write the chunk cache");
                 }
+            }
+            match chunk::open_checked(chunk, stored) {
+                Ok(plain) => return Ok(Arc::new(plain)),
                 Err(error) => failures.push(format!("{}: {error}", route.url)),
             }
         }
@@ -344,6 +349,33 @@ impl Inner {
 impl ChunkSource for StoreSource {
     fn fetch(&self, chunk: &ChunkRef) -> Result<Arc<Vec<u8>>, String> {
         self.inner.fetch(chunk)
+    }
+
+    fn is_local(&self, chunk: &ChunkRef) -> bool {
+        lock(&self.inner.memory).chunks.contains_key(&chunk.id)
+            || self
+                .inner
+                .cache
+                .as_ref()
+                .is_some_and(|cache| cache.contains(&chunk.id))
+    }
+
+    fn fetch_local(&self, chunk: &ChunkRef) -> Option<Arc<Vec<u8>>> {
+        if let Some(plain) = self.inner.remembered(&chunk.id) {
+            return Some(plain);
+        }
+        let cache = self.inner.cache.as_ref()?;
+        let stored = cache.get_unverified(&chunk.id)?;
+        let opened =
+            chunk::check_stored(chunk, &stored).and_then(|()| chunk::open_checked(chunk, stored));
+        match opened {
+            Ok(plain) => Some(Arc::new(plain)),
+            Err(error) => {
+                tracing::error!(%error, "cached chunk does not open");
+                cache.discard(&chunk.id);
+                None
+            }
+        }
     }
 
     fn prefetch(&self, chunks: &[ChunkRef]) {

@@ -178,3 +178,60 @@ pub fn flock_unlock(file: &File) -> io::Result<()> {
         Err(io::Error::last_os_error())
     }
 }
+
+/// Largest buffer glibc's malloc serves from its heaps once [`keep_freed_memory`] ran
+/// (glibc's own ceiling for the setting on 64-bit targets).
+pub const MALLOC_MMAP_THRESHOLD_BYTES: i32 = 32 * 1024 * 1024;
+/// Free memory at the top of a heap that glibc keeps instead of returning it.
+pub const MALLOC_TRIM_THRESHOLD_BYTES: i32 = 128 * 1024 * 1024;
+
+/// Makes glibc's malloc keep chunk-sized buffers (a few MiB) for reuse instead of mapping
+/// and unmapping each one: a mount allocates one per chunk fetched, and a fresh mapping is
+/// paid again in page faults and page zeroing as the bytes arrive (38% of a mount's CPU on
+/// cold reads, measured). Freed memory is still returned beyond
+/// [`MALLOC_TRIM_THRESHOLD_BYTES`]. Without glibc it does nothing.
+pub fn keep_freed_memory() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    {
+        // SAFETY: mallopt only changes allocator tunables; it takes plain integers and is
+        // called before the mount's threads allocate much (any time is allowed).
+        unsafe {
+            libc::mallopt(libc::M_MMAP_THRESHOLD, MALLOC_MMAP_THRESHOLD_BYTES);
+            libc::mallopt(libc::M_TRIM_THRESHOLD, MALLOC_TRIM_THRESHOLD_BYTES);
+        }
+    }
+}
+
+/// Takes a shared `flock` on `file` (held until the file is closed or unlocked): a
+/// plaintext copy in use is locked so, and eviction passes over it.
+pub fn flock_shared(file: &File) -> io::Result<()> {
+    use std::os::fd::AsRawFd;
+    loop {
+        // SAFETY: the descriptor is owned by `file`, open for the whole call.
+        let result = unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_SH) };
+        if result == 0 {
+            return Ok(());
+        }
+        let error = io::Error::last_os_error();
+        if error.kind() != io::ErrorKind::Interrupted {
+            return Err(error);
+        }
+    }
+}
+
+/// Tries to take an exclusive `flock` on `file` without waiting: `Ok(false)` when another
+/// open file holds a lock on it (a copy in use).
+pub fn flock_try_exclusive(file: &File) -> io::Result<bool> {
+    use std::os::fd::AsRawFd;
+    // SAFETY: the descriptor is owned by `file`, open for the whole call.
+    let result = unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
+    if result == 0 {
+        return Ok(true);
+    }
+    let error = io::Error::last_os_error();
+    if error.raw_os_error() == Some(libc::EWOULDBLOCK) {
+        Ok(false)
+    } else {
+        Err(error)
+    }
+}
