@@ -104,7 +104,7 @@ for _ in $(seq 100); do [ "$(redis-cli -p "$port" PING 2>/dev/null)" = PONG ] &&
 chunk_option=()
 [ -n "$chunk_bytes" ] && chunk_option=(--chunk-size "$chunk_bytes")
 "$zos" flist pack "$scratch/local" -o "$scratch/data.fl" --store "zdb://127.0.0.1:$port/default" "${chunk_option[@]}" >"$scratch/pack.log" 2>&1
-pack_summary=$(tail -1 "$scratch/pack.log")
+pack_summary=$(tail -1 "$scratch/pack.log" | sed "s|$scratch/||g")
 chunk_used=$("$zos" flist inspect "$scratch/data.fl" | sed -n 's/^chunk size: *\([0-9]*\).*/\1/p')
 python3 - "$scratch/tree1k" 1000 "$scratch/tree50k" 50000 <<'PY'
 import os, sys
