@@ -13,7 +13,7 @@ use std::collections::BTreeMap;
 use std::fs::File;
 use std::io;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, RwLock};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -42,6 +42,10 @@ pub const FLUSH_ROUND_INTERVAL_MIN: Duration = Duration::from_millis(1);
 /// Pending bytes of a namespace past which a write wakes the flusher, so that a long pipeline
 /// (or a caller of the library that does not commit) is written while it goes on.
 const FLUSHER_WAKE_BYTES: usize = 4 * 1024 * 1024;
+/// A commit without fdatasync writes its round on the event loop itself when at most this
+/// many bytes were appended since the last round (measured: SET -P 1 takes a fifth less CPU
+/// than with the hand-off, SET -P 16 the same).
+const COMMIT_INLINE_BYTES_MAX: usize = 16 * 1024;
 /// How often the flusher looks for work when nobody wakes it: records appended by callers
 /// that never commit reach the files within this, and under `--sync` snapshots are written
 /// at this pace.
@@ -516,6 +520,8 @@ pub struct Engine {
     flusher: Mutex<Option<JoinHandle<()>>>,
     /// Held by a write or sync round (taken before any namespace lock).
     round: Mutex<RoundState>,
+    /// Bytes appended since the last write round started (all namespaces).
+    appended_bytes: AtomicUsize,
     /// One automatic compaction at a time, server-wide.
     compaction_running: Arc<AtomicBool>,
     /// The value cache's server-wide budget.
@@ -556,6 +562,7 @@ impl Engine {
             failed: AtomicBool::new(false),
             flusher: Mutex::new(None),
             round: Mutex::new(RoundState::default()),
+            appended_bytes: AtomicUsize::new(0),
             compaction_running: Arc::new(AtomicBool::new(false)),
             cache_budget,
         });
@@ -940,6 +947,8 @@ impl Engine {
         state.append_offset += written;
         state.log_bytes += written;
         state.pending_bytes += written as usize;
+        self.appended_bytes
+            .fetch_add(written as usize, Ordering::Relaxed);
         state.changed_since_snapshot = true;
         Ok((segment_id, offset))
     }
@@ -2244,9 +2253,10 @@ impl Engine {
     /// Makes every write up to `ticket` reach its segment file (and, under `--sync`, the
     /// disk) before the caller acknowledges it, as Redis writes its log before it replies.
     /// The first caller yields once, so that the writes of every client served in this turn
-    /// of the event loop join one round, then wakes the flusher, which seals and writes the
-    /// round (and fdatasyncs it under `--sync`) on its own thread while the event loop goes
-    /// on serving; later callers find their writes covered by that round.
+    /// of the event loop join one round, then writes a small round itself or wakes the
+    /// flusher, which seals and writes the round (and fdatasyncs it under `--sync`) on its own
+    /// thread while the event loop goes on serving; later callers find their writes covered
+    /// by that round.
     pub async fn commit(&self, ticket: u64) -> Result<()> {
         self.commit_up_to(ticket, self.config.durability == Durability::Sync)
             .await
@@ -2263,6 +2273,15 @@ impl Engine {
         }
         tokio::task::yield_now().await;
         let mut receiver = self.progress.subscribe();
+        // A small round that needs no fdatasync costs less on this thread than the two
+        // wake-ups of a hand-off; a large one (sealing is most of it) or an fdatasync is left to
+        // the flusher so that the event loop goes on serving meanwhile.
+        if !durable
+            && !self.committed(ticket, durable)?
+            && self.appended_bytes.load(Ordering::Relaxed) <= COMMIT_INLINE_BYTES_MAX
+        {
+            self.write_round()?;
+        }
         if !self.committed(ticket, durable)? {
             {
                 let mut signal = lock(&self.signal);
@@ -2318,6 +2337,7 @@ impl Engine {
 
     fn write_round_locked(&self, round: &mut RoundState) -> Result<()> {
         self.check_failed()?;
+        self.appended_bytes.store(0, Ordering::Relaxed);
         let target_ticket = self.issued_ticket.load(Ordering::Acquire);
         let namespaces = self.namespace_list();
         // Take every namespace's pending bytes.
