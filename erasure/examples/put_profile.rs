@@ -44,15 +44,7 @@ impl ChunkStore for NullStore {
 }
 
 fn incompressible(bytes: usize) -> Vec<u8> {
-    let mut state = 0x9e37_79b9_7f4a_7c15u64;
-    (0..bytes)
-        .map(|_| {
-            state ^= state << 13;
-            state ^= state >> 7;
-            state ^= state << 17;
-            state as u8
-        })
-        .collect()
+    fixtures::bytes::xorshift_bytes(0x9e37_79b9_7f4a_7c15, bytes)
 }
 
 fn cpu_clock_ns(clock: libc::clockid_t) -> u64 {

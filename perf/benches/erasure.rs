@@ -28,15 +28,7 @@ const GEOMETRIES: [(usize, usize); 3] = [(4, 2), (8, 4), (16, 4)];
 
 /// Incompressible bytes from a fixed seed (xorshift), like the acceptance test's objects.
 fn chunk() -> Vec<u8> {
-    let mut state = 0x9e37_79b9_7f4a_7c15u64;
-    (0..CHUNK_BYTES)
-        .map(|_| {
-            state ^= state << 13;
-            state ^= state >> 7;
-            state ^= state << 17;
-            state as u8
-        })
-        .collect()
+    fixtures::bytes::xorshift_bytes(0x9e37_79b9_7f4a_7c15, CHUNK_BYTES)
 }
 
 fn split(data: &[u8], data_shards: usize, parity_shards: usize) -> Vec<Vec<u8>> {
