@@ -55,6 +55,9 @@ pub enum FlistCommand {
         /// Bound of the chunk cache in MiB.
         #[arg(long, default_value_t = flistfs::cache::CACHE_BYTES_DEFAULT / 1048576)]
         cache_mib: u64,
+        /// Bound of the decrypted chunks a mount keeps in memory, in MiB.
+        #[arg(long, default_value_t = flistfs::source::MEMORY_CACHE_BYTES_DEFAULT / 1048576)]
+        memory_cache_mib: u64,
         /// Read chunks from these stores instead of the flist's routes. Repeatable.
         #[arg(long = "store")]
         stores: Vec<String>,
@@ -198,6 +201,7 @@ fn run_command(command: FlistCommand) -> anyhow::Result<()> {
             mountpoint,
             cache,
             cache_mib,
+            memory_cache_mib,
             stores,
             timeout_ms,
             threads,
@@ -207,6 +211,7 @@ fn run_command(command: FlistCommand) -> anyhow::Result<()> {
             let options = MountOptions {
                 cache,
                 cache_mib,
+                memory_cache_mib,
                 timeout_ms,
                 threads,
                 rw,
@@ -417,6 +422,7 @@ fn default_cache() -> PathBuf {
 struct MountOptions {
     cache: Option<PathBuf>,
     cache_mib: u64,
+    memory_cache_mib: u64,
     timeout_ms: u64,
     threads: usize,
     rw: Option<PathBuf>,
@@ -459,7 +465,7 @@ fn mount(
     let flist = Arc::new(open(flist_path)?);
     let config = SourceConfig {
         store_timeout: Duration::from_millis(options.timeout_ms),
-        ..SourceConfig::default()
+        memory_cache_bytes: options.memory_cache_mib.saturating_mul(1048576),
     };
     let cache = Some(options.cache.unwrap_or_else(default_cache));
     let (source, cache) = chunk_source(
@@ -813,6 +819,7 @@ fn demo(source: &Path, workdir: Option<PathBuf>) -> anyhow::Result<()> {
     let options = MountOptions {
         cache: Some(workdir.join("cache")),
         cache_mib: 1024,
+        memory_cache_mib: flistfs::source::MEMORY_CACHE_BYTES_DEFAULT / 1048576,
         timeout_ms: flistfs::source::STORE_TIMEOUT_MS_DEFAULT,
         threads: flistfs::fuse::FUSE_THREADS_DEFAULT,
         rw: None,
