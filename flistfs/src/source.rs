@@ -25,11 +25,12 @@ use crate::fs::ChunkSource;
 /// Default time a store may take to answer one chunk before the read fails.
 pub const STORE_TIMEOUT_MS_DEFAULT: u64 = 10_000;
 /// Default bound of decrypted chunks kept in memory. It serves the kernel's several
-/// requests per chunk and hot random reads; files read whole are served from their
-/// plaintext copies. Larger costs more than memory: a cold read of a big file then keeps
-/// taking fresh memory (page faults and zeroing on every chunk buffer) instead of reusing
-/// evicted buffers: 256 MiB took 30% more CPU per cold byte than 64 MiB (measured).
-pub const MEMORY_CACHE_BYTES_DEFAULT: u64 = 64 * 1024 * 1024;
+/// requests per chunk and random reads (a random 4 KiB read that misses costs a whole
+/// chunk's read and decryption: with 64 MiB, random reads over a 256 MiB file fell from
+/// about 140 to 9 MB/s). The price of a large one: a cold read of a big file keeps taking
+/// fresh memory (page faults and zeroing on every chunk buffer) instead of reusing evicted
+/// buffers, 30% more CPU per cold byte than with 64 MiB (measured).
+pub const MEMORY_CACHE_BYTES_DEFAULT: u64 = 256 * 1024 * 1024;
 /// Most read-ahead fetches in flight at once.
 pub const PREFETCH_IN_FLIGHT_MAX: usize = 8;
 
