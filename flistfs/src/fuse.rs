@@ -111,20 +111,16 @@ impl FuseAdapter {
 
     /// Opens `ino` for reading, in passthrough when it has a copy and no cached open.
     fn open_file(&self, ino: u64, reply: ReplyOpen) {
+        // Files that never get a copy are always opened cached, uncounted.
         let copies = match &self.copies {
-            Some(copies) if self.passthrough.load(Ordering::Relaxed) && copies.wanted(ino) => {
-                copies
-            }
+            Some(copies) if copies.wanted(ino) => copies,
             _ => return reply.opened(FileHandle(HANDLE_CACHED), FopenFlags::FOPEN_KEEP_CACHE),
         };
-        // An inode already open in one mode is opened in that mode.
+        // An inode already open in one mode is opened in that mode (passthrough ones too
+        // after passthrough was turned off: the kernel would refuse a cached open).
         {
             let mut opens = self.opens();
             let entry = opens.entry(ino).or_default();
-            if entry.cached > 0 {
-                entry.cached += 1;
-                return reply.opened(FileHandle(HANDLE_CACHED), FopenFlags::FOPEN_KEEP_CACHE);
-            }
             if let Some((backing, _)) = &entry.backing {
                 entry.passthrough += 1;
                 return reply.opened_passthrough(
@@ -132,21 +128,25 @@ impl FuseAdapter {
                     FopenFlags::empty(),
                     backing,
                 );
+            }
+            if entry.cached > 0 || !self.passthrough.load(Ordering::Relaxed) {
+                entry.cached += 1;
+                return reply.opened(FileHandle(HANDLE_CACHED), FopenFlags::FOPEN_KEEP_CACHE);
             }
         }
         // Finding (and on first use checking) the copy takes a while: not under the lock.
         let copy = copies.open(ino);
         let mut opens = self.opens();
         let entry = opens.entry(ino).or_default();
-        if entry.cached == 0 {
-            if let Some((backing, _)) = &entry.backing {
-                entry.passthrough += 1;
-                return reply.opened_passthrough(
-                    FileHandle(HANDLE_PASSTHROUGH),
-                    FopenFlags::empty(),
-                    backing,
-                );
-            }
+        if let Some((backing, _)) = &entry.backing {
+            entry.passthrough += 1;
+            return reply.opened_passthrough(
+                FileHandle(HANDLE_PASSTHROUGH),
+                FopenFlags::empty(),
+                backing,
+            );
+        }
+        if entry.cached == 0 && self.passthrough.load(Ordering::Relaxed) {
             if let Some(copy) = copy {
                 match reply.open_backing(&copy) {
                     Ok(backing) => {
