@@ -18,15 +18,7 @@ use std::time::{Duration, Instant};
 const ZOS: &str = env!("CARGO_BIN_EXE_zos");
 
 fn pattern(seed: u64, length: usize) -> Vec<u8> {
-    let mut state = seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1;
-    (0..length)
-        .map(|_| {
-            state ^= state << 13;
-            state ^= state >> 7;
-            state ^= state << 17;
-            state as u8
-        })
-        .collect()
+    fixtures::bytes::xorshift_bytes(seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1, length)
 }
 
 fn c_path(path: &Path) -> std::ffi::CString {

@@ -19,15 +19,7 @@ use flistfs::{Flist, InodeMeta};
 const CHUNK_BYTES: u32 = 64 * 1024;
 
 fn pattern(seed: u64, length: usize) -> Vec<u8> {
-    let mut state = seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1;
-    (0..length)
-        .map(|_| {
-            state ^= state << 13;
-            state ^= state >> 7;
-            state ^= state << 17;
-            state as u8
-        })
-        .collect()
+    fixtures::bytes::xorshift_bytes(seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1, length)
 }
 
 fn all_routes(store: Arc<dyn ChunkStore>) -> Vec<(Route, Arc<dyn ChunkStore>)> {
