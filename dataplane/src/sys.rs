@@ -3,9 +3,10 @@
 //! put a fault-injecting implementation in its place (see [`crate::fault`]).
 //!
 //! Two implementations:
-//! - [`UringIo`]: every read, write and sync is an io_uring submission. Writes of one flush
+//! - [`UringIo`]: every read and write is an io_uring submission. Writes of one flush
 //!   (group commit: the records of many clients, of many namespaces) go in one submission and
-//!   their fdatasyncs in the next, so one sync covers the whole batch.
+//!   their fdatasyncs in the next, so one sync covers the whole batch (the fdatasync of a
+//!   single file is a plain call on the calling thread: the ring would hand it to a worker).
 //! - [`PosixIo`]: `pread`/`pwrite`/`fdatasync` on the calling thread (the flusher thread for
 //!   writes, the connection worker threads for reads), used when a ring cannot be set up
 //!   (old kernel, seccomp, `io_uring_disabled`). The choice is made once at start-up and logged.
@@ -199,6 +200,12 @@ impl StorageIo for UringIo {
                 })
                 .collect();
             run_ops(ring, &mut ops)?;
+            // io_uring runs an fsync on one of its worker threads: for a single file that is
+            // one more thread hand-off than calling fdatasync here (measured: SET under
+            // `--sync` up to 15% faster at `-P 1`). Several files are synced in parallel.
+            if let [file] = sync {
+                return file.sync_data();
+            }
             let mut syncs: Vec<PendingOp> = sync
                 .iter()
                 .map(|file| PendingOp {
