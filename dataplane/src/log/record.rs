@@ -182,9 +182,9 @@ fn u64_at(bytes: &[u8], at: usize) -> u64 {
     u64::from_le_bytes(word)
 }
 
-/// Decodes and checks a header (magic, version, header crc, length bounds). The key and
-/// value are not checked here: see [`verify`].
-pub fn decode_header(bytes: &[u8]) -> Result<Header, RecordError> {
+/// Checks a header's length, magic and version and reads its fields as they are stored (an
+/// unsealed record holds placeholders where the link and record crc go).
+fn decode_fields(bytes: &[u8]) -> Result<Header, RecordError> {
     if bytes.len() < HEADER_BYTES {
         return Err(RecordError::Truncated {
             needed: HEADER_BYTES,
@@ -198,25 +198,12 @@ pub fn decode_header(bytes: &[u8]) -> Result<Header, RecordError> {
     if bytes[4] != VERSION {
         return Err(RecordError::Version(bytes[4]));
     }
-    let stored = u32_at(bytes, 72);
-    let computed = crc32fast::hash(&bytes[..72]);
-    if stored != computed {
-        return Err(RecordError::HeaderChecksum { stored, computed });
-    }
-    let key_len = bytes[6];
-    let value_len = u32_at(bytes, 8);
-    if value_len as usize > VALUE_BYTES_MAX {
-        return Err(RecordError::Length {
-            key_len: key_len as usize,
-            value_len: value_len as usize,
-        });
-    }
     let mut link = [0u8; LINK_BYTES];
     link.copy_from_slice(&bytes[36..68]);
     Ok(Header {
         flags: bytes[5],
-        key_len,
-        value_len,
+        key_len: bytes[6],
+        value_len: u32_at(bytes, 8),
         timestamp_us: u64_at(bytes, 12),
         sequence: u64_at(bytes, 20),
         prev_segment: u32_at(bytes, 28),
@@ -226,33 +213,32 @@ pub fn decode_header(bytes: &[u8]) -> Result<Header, RecordError> {
     })
 }
 
+/// Decodes and checks a header (magic, version, header crc, length bounds). The key and
+/// value are not checked here: see [`verify`].
+pub fn decode_header(bytes: &[u8]) -> Result<Header, RecordError> {
+    let header = decode_fields(bytes)?;
+    let stored = u32_at(bytes, 72);
+    let computed = crc32fast::hash(&bytes[..72]);
+    if stored != computed {
+        return Err(RecordError::HeaderChecksum { stored, computed });
+    }
+    if header.value_len as usize > VALUE_BYTES_MAX {
+        return Err(RecordError::Length {
+            key_len: header.key_len as usize,
+            value_len: header.value_len as usize,
+        });
+    }
+    Ok(header)
+}
+
 /// Decodes the header of an unsealed record (see [`encode_unsealed`]): only what the engine
 /// itself wrote in memory, so nothing is checksummed yet; the link reads as zeros and the
 /// record crc as 0. The lengths are still checked against `bytes`.
 pub fn decode_unsealed(bytes: &[u8]) -> Result<Header, RecordError> {
-    if bytes.len() < HEADER_BYTES {
-        return Err(RecordError::Truncated {
-            needed: HEADER_BYTES,
-            available: bytes.len(),
-        });
-    }
-    let magic = [bytes[0], bytes[1], bytes[2], bytes[3]];
-    if magic != MAGIC {
-        return Err(RecordError::BadMagic { found: magic });
-    }
-    if bytes[4] != VERSION {
-        return Err(RecordError::Version(bytes[4]));
-    }
     let header = Header {
-        flags: bytes[5],
-        key_len: bytes[6],
-        value_len: u32_at(bytes, 8),
-        timestamp_us: u64_at(bytes, 12),
-        sequence: u64_at(bytes, 20),
-        prev_segment: u32_at(bytes, 28),
-        prev_offset: u32_at(bytes, 32),
         link: [0u8; LINK_BYTES],
         record_crc: 0,
+        ..decode_fields(bytes)?
     };
     if header.value_len as usize > VALUE_BYTES_MAX || bytes.len() < header.record_bytes() {
         return Err(RecordError::Length {
