@@ -6,13 +6,16 @@
 //! and reads their replies in order. [`Pool`] spreads requests over several connections.
 //! Every read is bounded in size and every request in time.
 
+use std::io::IoSlice;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use sha1::{Digest, Sha1};
 use thiserror::Error;
-use tokio::io::{AsyncBufRead, AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
+use tokio::io::{
+    AsyncBufRead, AsyncBufReadExt, AsyncReadExt, AsyncWrite, AsyncWriteExt, BufReader,
+};
 use tokio::net::{TcpStream, UnixStream};
 use tokio::sync::Mutex;
 
@@ -145,18 +148,74 @@ impl std::fmt::Debug for Connection {
     }
 }
 
+/// Arguments from this size on are written from the caller's memory (one `writev`), not
+/// copied into the request buffer first: a shard or chunk of a MiB or more is not copied twice.
+pub const ARG_BORROWED_BYTES_MIN: usize = 16 * 1024;
+
 /// Encodes one command as a RESP array of bulk strings.
 pub fn encode_command(out: &mut Vec<u8>, args: &[&[u8]]) {
+    encode_command_parts(out, args, None);
+}
+
+/// Encodes one command into `out`. With `borrowed`, arguments of [`ARG_BORROWED_BYTES_MIN`]
+/// bytes or more are left out of `out`: `borrowed(position in out, argument)` is called where
+/// their bytes belong instead.
+fn encode_command_parts<'a>(
+    out: &mut Vec<u8>,
+    args: &[&'a [u8]],
+    mut borrowed: Option<&mut dyn FnMut(usize, &'a [u8])>,
+) {
+    let mut decimal = itoa::Buffer::new();
     out.push(b'*');
-    out.extend_from_slice(args.len().to_string().as_bytes());
+    out.extend_from_slice(decimal.format(args.len()).as_bytes());
     out.extend_from_slice(b"\r\n");
     for arg in args {
         out.push(b'$');
-        out.extend_from_slice(arg.len().to_string().as_bytes());
+        out.extend_from_slice(decimal.format(arg.len()).as_bytes());
         out.extend_from_slice(b"\r\n");
-        out.extend_from_slice(arg);
+        match borrowed.as_mut() {
+            Some(borrowed) if arg.len() >= ARG_BORROWED_BYTES_MIN => borrowed(out.len(), arg),
+            _ => out.extend_from_slice(arg),
+        }
         out.extend_from_slice(b"\r\n");
     }
+}
+
+/// Writes `commands` as one request: their small parts gathered in one buffer, large
+/// arguments straight from the caller's memory, with as few `writev` calls as the stream takes.
+async fn write_commands<W: AsyncWrite + Unpin + ?Sized>(
+    stream: &mut W,
+    commands: &[&[&[u8]]],
+) -> std::io::Result<()> {
+    let mut small = Vec::with_capacity(256);
+    let mut large: Vec<(usize, &[u8])> = Vec::new();
+    for command in commands {
+        encode_command_parts(
+            &mut small,
+            command,
+            Some(&mut |at, arg| large.push((at, arg))),
+        );
+    }
+    if large.is_empty() {
+        return stream.write_all(&small).await;
+    }
+    let mut slices = Vec::with_capacity(2 * large.len() + 1);
+    let mut from = 0;
+    for (at, arg) in &large {
+        slices.push(IoSlice::new(&small[from..*at]));
+        slices.push(IoSlice::new(arg));
+        from = *at;
+    }
+    slices.push(IoSlice::new(&small[from..]));
+    let mut remaining = &mut slices[..];
+    while !remaining.is_empty() {
+        let written = stream.write_vectored(remaining).await?;
+        if written == 0 {
+            return Err(std::io::ErrorKind::WriteZero.into());
+        }
+        IoSlice::advance_slices(&mut remaining, written);
+    }
+    Ok(())
 }
 
 async fn read_line<R: AsyncBufRead + Unpin>(reader: &mut R) -> std::io::Result<Vec<u8>> {
@@ -213,8 +272,15 @@ async fn read_reply<R: AsyncBufRead + Unpin + Send>(reader: &mut R) -> std::io::
                         "bulk reply too large",
                     ));
                 } else {
-                    let mut data = vec![0u8; length as usize + 2];
-                    reader.read_exact(&mut data).await?;
+                    // Read into spare capacity: no pass zero-filling what the read overwrites.
+                    let mut data = Vec::with_capacity(length as usize + 2);
+                    let read = (&mut *reader)
+                        .take(length as u64 + 2)
+                        .read_to_end(&mut data)
+                        .await?;
+                    if read < length as usize + 2 {
+                        return Err(std::io::ErrorKind::UnexpectedEof.into());
+                    }
                     if !data.ends_with(b"\r\n") {
                         return Err(std::io::Error::new(
                             std::io::ErrorKind::InvalidData,
@@ -410,11 +476,7 @@ impl Client {
     ) -> Result<Vec<Reply>> {
         let address = self.address();
         let work = async {
-            let mut out = Vec::new();
-            for command in commands {
-                encode_command(&mut out, command);
-            }
-            connection.stream.get_mut().write_all(&out).await?;
+            write_commands(connection.stream.get_mut(), commands).await?;
             let mut replies = Vec::with_capacity(commands.len());
             for _ in 0..commands.len() {
                 replies.push(read_reply(&mut connection.stream).await?);
@@ -794,6 +856,90 @@ mod tests {
             client.get(b"second").await.unwrap(),
             Some(b"second".to_vec())
         );
+    }
+
+    /// A writer that takes at most `step` bytes per call, vectored or not.
+    struct Trickle {
+        written: Vec<u8>,
+        step: usize,
+    }
+
+    impl AsyncWrite for Trickle {
+        fn poll_write(
+            mut self: std::pin::Pin<&mut Self>,
+            _: &mut std::task::Context<'_>,
+            buf: &[u8],
+        ) -> std::task::Poll<std::io::Result<usize>> {
+            let take = buf.len().min(self.step);
+            self.written.extend_from_slice(&buf[..take]);
+            std::task::Poll::Ready(Ok(take))
+        }
+        fn poll_write_vectored(
+            mut self: std::pin::Pin<&mut Self>,
+            _: &mut std::task::Context<'_>,
+            bufs: &[IoSlice<'_>],
+        ) -> std::task::Poll<std::io::Result<usize>> {
+            let mut left = self.step;
+            for buf in bufs {
+                let take = buf.len().min(left);
+                self.written.extend_from_slice(&buf[..take]);
+                left -= take;
+                if left == 0 {
+                    break;
+                }
+            }
+            std::task::Poll::Ready(Ok(self.step - left))
+        }
+        fn is_write_vectored(&self) -> bool {
+            true
+        }
+        fn poll_flush(
+            self: std::pin::Pin<&mut Self>,
+            _: &mut std::task::Context<'_>,
+        ) -> std::task::Poll<std::io::Result<()>> {
+            std::task::Poll::Ready(Ok(()))
+        }
+        fn poll_shutdown(
+            self: std::pin::Pin<&mut Self>,
+            _: &mut std::task::Context<'_>,
+        ) -> std::task::Poll<std::io::Result<()>> {
+            std::task::Poll::Ready(Ok(()))
+        }
+    }
+
+    #[tokio::test]
+    async fn large_arguments_are_written_in_place_byte_for_byte() {
+        let big = fixtures::bytes::xorshift_bytes(3, ARG_BORROWED_BYTES_MIN * 3 + 7);
+        let edge = vec![b'e'; ARG_BORROWED_BYTES_MIN];
+        let just_under = vec![b'u'; ARG_BORROWED_BYTES_MIN - 1];
+        let commands: [&[&[u8]]; 4] = [
+            &[b"SET", b"k1", &big],
+            &[b"PING"],
+            &[b"SET", &edge, &just_under],
+            &[b"SET", b"", &big[..ARG_BORROWED_BYTES_MIN + 1]],
+        ];
+        let mut expected = Vec::new();
+        for command in commands {
+            encode_command(&mut expected, command);
+        }
+        for step in [1, 7, 4096, 1 << 20] {
+            let mut writer = Trickle {
+                written: Vec::new(),
+                step,
+            };
+            write_commands(&mut writer, &commands).await.unwrap();
+            let first_difference = writer
+                .written
+                .iter()
+                .zip(&expected)
+                .position(|(a, b)| a != b);
+            assert!(
+                writer.written == expected,
+                "step {step}: {} vs {} bytes, first difference at {first_difference:?}",
+                writer.written.len(),
+                expected.len()
+            );
+        }
     }
 
     #[test]
