@@ -109,9 +109,15 @@ impl ChunkStore for ZdbStore {
                 store: self.url.to_string(),
             });
         }
-        let (id, data) = (id.to_vec(), data.to_vec());
-        self.run(|pool| async move { pool.get().set(&id, &data).await.map(|_| ()) })
+        // Not in a task of its own (see `run`): a write is never dropped for a faster one,
+        // and this way the value is sent from the caller's memory, not from a copy. Should
+        // the write be dropped all the same (a timeout), the client drops its connection.
+        let pool = self.pool().await?;
+        pool.get()
+            .set(id, data)
             .await
+            .map(|_| ())
+            .map_err(|e| self.error(e))
     }
 
     async fn exists(&self, id: &[u8]) -> Result<bool, StoreError> {
