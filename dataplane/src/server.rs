@@ -144,9 +144,16 @@ where
     let mut out: Vec<u8> = Vec::with_capacity(READ_CHUNK_BYTES);
     let mut ranges = Vec::new();
     let mut inline = Vec::new();
+    // Bytes the command at the front of `input` is known to need (a large value's length).
+    let mut needed_bytes = 0usize;
     loop {
         if input.capacity() - input.len() < READ_CHUNK_BYTES / 4 {
             input.reserve(READ_CHUNK_BYTES);
+        }
+        if needed_bytes > input.capacity() {
+            // Room for the whole value at once: growing by doubling would copy it again and
+            // again as it arrives.
+            input.reserve(needed_bytes - input.len());
         }
         let read = stream.read_buf(&mut input).await?;
         if read == 0 {
@@ -155,7 +162,7 @@ where
         let mut wrote = false;
         let mut executed = 0u64;
         loop {
-            match frame::parse_command(&input, &mut ranges, &mut inline) {
+            match frame::parse_command_sized(&input, &mut ranges, &mut inline, &mut needed_bytes) {
                 Ok(Some((consumed, is_inline))) => {
                     {
                         let source: &[u8] = if is_inline { &inline } else { &input };

@@ -76,7 +76,21 @@ pub fn parse_command(
     args: &mut Vec<Range<usize>>,
     inline: &mut Vec<u8>,
 ) -> Result<Option<(usize, bool)>, ProtocolError> {
+    parse_command_sized(buf, args, inline, &mut 0)
+}
+
+/// [`parse_command`] that, when the command is not complete, sets `needed_bytes` to the size
+/// of `buf` its headers so far call for (through the end of the first bulk string still
+/// missing; 0 when not even that is known): the reader can make room for a large value at
+/// once instead of growing its buffer step by step.
+pub fn parse_command_sized(
+    buf: &[u8],
+    args: &mut Vec<Range<usize>>,
+    inline: &mut Vec<u8>,
+    needed_bytes: &mut usize,
+) -> Result<Option<(usize, bool)>, ProtocolError> {
     args.clear();
+    *needed_bytes = 0;
     if buf.is_empty() {
         return Ok(None);
     }
@@ -119,6 +133,7 @@ pub fn parse_command(
         let start = length_end + 2;
         let end = start + length as usize;
         if buf.len() < end + 2 {
+            *needed_bytes = end + 2;
             return Ok(None);
         }
         if &buf[end..end + 2] != b"\r\n" {
