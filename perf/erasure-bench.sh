@@ -34,20 +34,24 @@ cargo bench -p perf --bench erasure -- --output-format bencher 2>/dev/null | gre
 cargo build --release -p erasure --example put_profile --example store_stage -p dataplane --bin zdb -p control --bin zos >/dev/null
 target=$(cargo metadata --format-version 1 --no-deps | python3 -c 'import json,sys; print(json.load(sys.stdin)["target_directory"])')
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
-backends=()
-for i in 1 2 3 4 5 6; do
-  port=$(free_port)
-  "$target/release/zdb" --listen 127.0.0.1 --port "$port" --data "$scratch/z$i/data" --index "$scratch/z$i/index" >"$scratch/z$i.log" 2>&1 &
-  pids+=("$!")
-  for _ in $(seq 100); do [ "$(redis-cli -p "$port" PING 2>/dev/null)" = PONG ] && break; sleep 0.1; done
-  redis-cli -p "$port" NSNEW zstor >/dev/null
-  backends+=(--backend "zdb://127.0.0.1:$port/zstor")
-done
+# start_servers DIR CONFIG: six fresh zdb servers (pids in `pids`), a 4+2 config for them.
+start_servers() {
+  local backends=() port i
+  pids=()
+  for i in 1 2 3 4 5 6; do
+    port=$(free_port)
+    "$target/release/zdb" --listen 127.0.0.1 --port "$port" --data "$1/z$i/data" --index "$1/z$i/index" >"$1/z$i.log" 2>&1 &
+    pids+=("$!")
+    for _ in $(seq 100); do [ "$(redis-cli -p "$port" PING 2>/dev/null)" = PONG ] && break; sleep 0.1; done
+    redis-cli -p "$port" NSNEW zstor >/dev/null
+    backends+=(--backend "zdb://127.0.0.1:$port/zstor")
+  done
+  "$target/release/zos" stor init --data-shards 4 --parity-shards 2 "${backends[@]}" --config "$2" >/dev/null
+}
+stop_servers() { kill "${pids[@]}" 2>/dev/null || true; wait "${pids[@]}" 2>/dev/null || true; pids=(); }
+mkdir -p "$scratch/e2e"
+start_servers "$scratch/e2e" "$scratch/stor.toml"
 "$target/release/examples/put_profile" 4096 64 20 >"$scratch/profile.txt"
-"$target/release/zos" stor init --data-shards 4 --parity-shards 2 "${backends[@]}" --config "$scratch/stor.toml" >/dev/null
-# The put's slowest stage end to end, shipping the shards to the six servers, alone and
-# interleaved with whole puts of the same object (both from memory), with their CPU per byte.
-ZDB_PIDS="${pids[*]}" "$target/release/examples/store_stage" "$scratch/stor.toml" "$object_mib" 5 >"$scratch/stage.txt"
 head -c "${object_mib}M" /dev/urandom >"$scratch/object"
 # CPU clock ticks the zdb servers have used so far.
 zdb_ticks() { for p in "${pids[@]}"; do awk '{print $14 + $15}' "/proc/$p/stat"; done | awk '{t += $1} END {print t}'; }
@@ -91,6 +95,16 @@ head -c "${stream_mib}M" /dev/urandom | /usr/bin/time -f '%M' -o "$scratch/rss" 
   "$target/release/zos" stor put - --key stream --config "$scratch/stor.toml" >/dev/null
 t4=$(date +%s.%N)
 rss_kib=$(tail -1 "$scratch/rss")
+# The put's slowest stage end to end, shipping the shards to the six servers, alone and
+# interleaved with whole puts of the same object (both from memory), with their CPU per byte.
+# Last (its 5 GB of writes leave the kernel writing back for a while), on six fresh servers
+# once everything before is on disk: no compaction or writeback left over from the rounds above.
+stop_servers
+rm -rf "$scratch/e2e"
+sync
+mkdir -p "$scratch/stage"
+start_servers "$scratch/stage" "$scratch/stage.toml"
+ZDB_PIDS="${pids[*]}" "$target/release/examples/store_stage" "$scratch/stage.toml" "$object_mib" 5 >"$scratch/stage.txt"
 
 mkdir -p perf/results
 python3 - "$scratch/criterion.txt" "$object_mib" "$scratch/e2e.txt" "$scratch/profile.txt" "$(nproc)" \
