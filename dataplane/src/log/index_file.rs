@@ -107,11 +107,20 @@ impl Index {
         let hash = self.hash(key.as_bytes());
         let hasher = &self.hasher;
         let shard = &mut self.shards[Self::shard(hash)];
-        if let Some((_, slot)) = shard.find_mut(hash, |(k, _)| *k == key) {
-            return Some(std::mem::replace(slot, entry));
+        // One probe finds the key or the free slot for it.
+        match shard.entry(
+            hash,
+            |(k, _)| *k == key,
+            |(k, _)| hasher.hash_one(k.as_bytes()),
+        ) {
+            hashbrown::hash_table::Entry::Occupied(mut occupied) => {
+                Some(std::mem::replace(&mut occupied.get_mut().1, entry))
+            }
+            hashbrown::hash_table::Entry::Vacant(vacant) => {
+                vacant.insert((key, entry));
+                None
+            }
         }
-        shard.insert_unique(hash, (key, entry), |(k, _)| hasher.hash_one(k.as_bytes()));
-        None
     }
 
     pub fn remove(&mut self, key: &[u8]) -> Option<Entry> {
