@@ -405,19 +405,6 @@ fn pack(
     Ok(())
 }
 
-/// The machine-wide cache when it can be used (root), else the user's cache folder.
-fn default_cache() -> PathBuf {
-    let machine_wide = PathBuf::from("/var/cache/zos/chunks");
-    if std::fs::create_dir_all(machine_wide.join("tmp")).is_ok() {
-        return machine_wide;
-    }
-    let base = std::env::var_os("XDG_CACHE_HOME")
-        .map(PathBuf::from)
-        .or_else(|| std::env::var_os("HOME").map(|home| PathBuf::from(home).join(".cache")))
-        .unwrap_or_else(std::env::temp_dir);
-    base.join("zos").join("chunks")
-}
-
 /// Settings of `zos flist mount` besides the flist, mount point and stores.
 struct MountOptions {
     cache: Option<PathBuf>,
@@ -467,7 +454,7 @@ fn mount(
         store_timeout: Duration::from_millis(options.timeout_ms),
         memory_cache_bytes: options.memory_cache_mib.saturating_mul(1048576),
     };
-    let cache = Some(options.cache.unwrap_or_else(default_cache));
+    let cache = Some(options.cache.unwrap_or_else(flistfs::cache::default_dir));
     let (source, cache) = chunk_source(
         &flist,
         stores,

@@ -81,7 +81,7 @@ pub fn run(command: FsCommand) -> anyhow::Result<()> {
             memory_cache_mib,
         } => {
             let config = FsServeConfig {
-                cache: Some(cache.unwrap_or_else(serve::default_cache_dir)),
+                cache: Some(cache.unwrap_or_else(flistfs::cache::default_dir)),
                 cache_bytes: cache_mib.saturating_mul(1048576),
                 stores,
                 store_timeout: Duration::from_millis(timeout_ms),

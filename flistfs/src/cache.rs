@@ -129,6 +129,21 @@ impl<K: std::hash::Hash + Eq + Clone> LruIndex<K> {
     }
 }
 
+/// The machine-wide chunk cache, `/var/cache/zos/chunks`, when it can be used (root), else
+/// the user's cache folder (`$XDG_CACHE_HOME/zos/chunks`, `~/.cache/zos/chunks`): the one
+/// folder `zos flist mount` and `zos vm fs serve` share, so both reuse fetched chunks.
+pub fn default_dir() -> PathBuf {
+    let machine_wide = PathBuf::from("/var/cache/zos/chunks");
+    if fs::create_dir_all(machine_wide.join("tmp")).is_ok() {
+        return machine_wide;
+    }
+    let base = std::env::var_os("XDG_CACHE_HOME")
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|home| PathBuf::from(home).join(".cache")))
+        .unwrap_or_else(std::env::temp_dir);
+    base.join("zos").join("chunks")
+}
+
 /// Eviction brings the cache down to this share of its bound, so that a full cache lists
 /// its folder once per tenth of its bound written, not at every write.
 pub const EVICT_TO_PERCENT: u64 = 90;

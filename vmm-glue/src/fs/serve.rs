@@ -109,20 +109,6 @@ impl From<ConnectionError> for FsServeError {
     }
 }
 
-/// The machine-wide chunk cache when it can be used (root), else the user's cache folder:
-/// the same folder `zos flist mount` uses, so both share fetched chunks.
-pub fn default_cache_dir() -> PathBuf {
-    let machine_wide = PathBuf::from("/var/cache/zos/chunks");
-    if std::fs::create_dir_all(machine_wide.join("tmp")).is_ok() {
-        return machine_wide;
-    }
-    let base = std::env::var_os("XDG_CACHE_HOME")
-        .map(PathBuf::from)
-        .or_else(|| std::env::var_os("HOME").map(|home| PathBuf::from(home).join(".cache")))
-        .unwrap_or_else(std::env::temp_dir);
-    base.join("zos").join("chunks")
-}
-
 /// Opens the flist and its chunk source and builds the session that answers the guest.
 pub fn open_session(config: &FsServeConfig) -> Result<Session, FsServeError> {
     let flist = flistfs::open_any(&config.flist).map_err(|error| FsServeError::Flist {
