@@ -1,7 +1,8 @@
-//! `cache`: recently written and read values kept in memory, so that hot reads need no disk
-//! read at all. Bounded in bytes; first in, first out (cheap, and records never change, so
-//! there is nothing to invalidate but what FLUSH and namespace deletion throw away).
-//! Values are kept only after their record was checked (written by us, or read and verified).
+//! `cache`: recently read values kept in memory, so that hot reads need no disk read at all.
+//! Bounded in bytes; first in, first out (cheap, and records never change, so there is
+//! nothing to invalidate but what FLUSH and namespace deletion throw away). A value is kept
+//! only once its record was read back and verified; writes do not fill the cache (a value
+//! still pending is served from the pending buffer).
 //!
 //! One budget covers the whole server: each namespace's cache may hold an equal share of it,
 //! so adding namespaces shrinks the shares and never grows the total.
