@@ -201,7 +201,7 @@ impl ChunkCache {
             .usage
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
-        crate::sys::flock_exclusive(&file)?;
+        retry_interrupted(|| file.lock())?;
         Ok(UsageGuard { file })
     }
 
@@ -385,7 +385,7 @@ impl ChunkCache {
     pub fn open_copy(&self, name: &[u8; 32]) -> Option<fs::File> {
         let path = self.copy_path(name);
         let file = fs::File::open(&path).ok()?;
-        crate::sys::flock_shared(&file).ok()?;
+        retry_interrupted(|| file.lock_shared()).ok()?;
         // Evicted between our open and our lock: it is gone, whatever we hold.
         use std::os::unix::fs::MetadataExt;
         if file.metadata().ok()?.nlink() == 0 {
@@ -444,7 +444,7 @@ impl ChunkCache {
             fill(&file)?;
             file.set_len(size_bytes)?;
             verify(&file).map_err(std::io::Error::other)?;
-            crate::sys::flock_shared(&file)?;
+            retry_interrupted(|| file.lock_shared())?;
             Ok::<_, std::io::Error>(file)
         })();
         let file = match made {
@@ -507,7 +507,7 @@ impl UsageGuard<'_> {
 
 impl Drop for UsageGuard<'_> {
     fn drop(&mut self) {
-        let _ = crate::sys::flock_unlock(&self.file);
+        let _ = self.file.unlock();
     }
 }
 
@@ -546,10 +546,21 @@ fn remove_copy_if_unused(path: &Path) -> bool {
     let Ok(file) = fs::File::open(path) else {
         return false;
     };
-    match crate::sys::flock_try_exclusive(&file) {
+    match file.try_lock() {
         // Deleted while locked: an opener that locks it next sees it unlinked.
-        Ok(true) => fs::remove_file(path).is_ok(),
-        _ => false,
+        Ok(()) => fs::remove_file(path).is_ok(),
+        Err(_) => false,
+    }
+}
+
+/// Runs a blocking `flock` (`File::lock`, `File::lock_shared`) again when a signal cut it
+/// short: the standard library hands `EINTR` back.
+fn retry_interrupted(mut lock: impl FnMut() -> std::io::Result<()>) -> std::io::Result<()> {
+    loop {
+        match lock() {
+            Err(error) if error.kind() == std::io::ErrorKind::Interrupted => continue,
+            result => return result,
+        }
     }
 }
 

@@ -1,8 +1,7 @@
 //! The only place in this crate that maps memory or calls into the kernel directly.
 //!
 //! It owns: mapping an flist file read-only (memmap2; everything above sees a `&[u8]`),
-//! device nodes and times for unpack, mount and unmount calls, and `flock` for the shared
-//! chunk cache.
+//! device nodes and times for unpack, mount and unmount calls.
 
 use std::fs::File;
 use std::io;
@@ -151,34 +150,6 @@ pub fn is_mount_point(path: &Path) -> bool {
         .any(|line| line.split(' ').nth(4) == Some(wanted.as_ref()))
 }
 
-/// Takes an exclusive `flock` on `file`, waiting for other processes to release theirs.
-pub fn flock_exclusive(file: &File) -> io::Result<()> {
-    use std::os::fd::AsRawFd;
-    loop {
-        // SAFETY: the descriptor is owned by `file`, open for the whole call.
-        let result = unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX) };
-        if result == 0 {
-            return Ok(());
-        }
-        let error = io::Error::last_os_error();
-        if error.kind() != io::ErrorKind::Interrupted {
-            return Err(error);
-        }
-    }
-}
-
-/// Releases the `flock` on `file`.
-pub fn flock_unlock(file: &File) -> io::Result<()> {
-    use std::os::fd::AsRawFd;
-    // SAFETY: the descriptor is owned by `file`, open for the whole call.
-    let result = unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_UN) };
-    if result == 0 {
-        Ok(())
-    } else {
-        Err(io::Error::last_os_error())
-    }
-}
-
 /// Largest buffer glibc's malloc serves from its heaps once [`keep_freed_memory`] ran
 /// (glibc's own ceiling for the setting on 64-bit targets).
 pub const MALLOC_MMAP_THRESHOLD_BYTES: i32 = 32 * 1024 * 1024;
@@ -199,39 +170,5 @@ pub fn keep_freed_memory() {
             libc::mallopt(libc::M_MMAP_THRESHOLD, MALLOC_MMAP_THRESHOLD_BYTES);
             libc::mallopt(libc::M_TRIM_THRESHOLD, MALLOC_TRIM_THRESHOLD_BYTES);
         }
-    }
-}
-
-/// Takes a shared `flock` on `file` (held until the file is closed or unlocked): a
-/// plaintext copy in use is locked so, and eviction passes over it.
-pub fn flock_shared(file: &File) -> io::Result<()> {
-    use std::os::fd::AsRawFd;
-    loop {
-        // SAFETY: the descriptor is owned by `file`, open for the whole call.
-        let result = unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_SH) };
-        if result == 0 {
-            return Ok(());
-        }
-        let error = io::Error::last_os_error();
-        if error.kind() != io::ErrorKind::Interrupted {
-            return Err(error);
-        }
-    }
-}
-
-/// Tries to take an exclusive `flock` on `file` without waiting: `Ok(false)` when another
-/// open file holds a lock on it (a copy in use).
-pub fn flock_try_exclusive(file: &File) -> io::Result<bool> {
-    use std::os::fd::AsRawFd;
-    // SAFETY: the descriptor is owned by `file`, open for the whole call.
-    let result = unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
-    if result == 0 {
-        return Ok(true);
-    }
-    let error = io::Error::last_os_error();
-    if error.raw_os_error() == Some(libc::EWOULDBLOCK) {
-        Ok(false)
-    } else {
-        Err(error)
     }
 }

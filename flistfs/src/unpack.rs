@@ -142,7 +142,7 @@ impl State<'_> {
             let child_path = path.join(std::ffi::OsStr::from_bytes(entry.name));
             let child = self.flist.inode(entry.inode)?;
             self.stats.entries += 1;
-            if self.stats.entries % 256 == 0 {
+            if self.stats.entries.is_multiple_of(256) {
                 self.bar
                     .set_message(format!("{} entries", self.stats.entries));
             }

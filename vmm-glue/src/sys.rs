@@ -1,4 +1,4 @@
-//! The only module that talks to the kernel with raw calls: io_uring, flock, signals.
+//! The only module that talks to the kernel with raw calls: io_uring, signals.
 //!
 //! Everything above works with safe wrappers; the few operations that hand the kernel raw
 //! pointers (readv/writev into guest memory or bounce buffers) are `unsafe fn`s whose
@@ -299,22 +299,6 @@ fn iovec_count(iovecs: &IoVecs) -> io::Result<u32> {
     u32::try_from(iovecs.0.len()).map_err(|_| io::Error::from(io::ErrorKind::InvalidInput))
 }
 
-/// Takes an exclusive advisory lock on `file` without waiting. Ok(false) when another open
-/// file description holds it. The lock goes away when the file is closed.
-pub fn try_lock_exclusive(file: &File) -> io::Result<bool> {
-    // SAFETY: flock takes a file descriptor we own for the duration of the call.
-    let result = unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
-    if result == 0 {
-        return Ok(true);
-    }
-    let error = io::Error::last_os_error();
-    if error.raw_os_error() == Some(libc::EWOULDBLOCK) {
-        Ok(false)
-    } else {
-        Err(error)
-    }
-}
-
 /// Blocks SIGINT and SIGTERM in the calling thread (and so in every thread it spawns later)
 /// so that [`wait_for_termination_signal`] can take them synchronously.
 pub fn block_termination_signals() -> io::Result<()> {
@@ -424,7 +408,8 @@ impl IoVecs {
     /// True when every buffer's address and length are multiples of `alignment`.
     pub fn aligned_to(&self, alignment: usize) -> bool {
         self.0.iter().all(|iovec| {
-            (iovec.iov_base as usize) % alignment == 0 && iovec.iov_len % alignment == 0
+            (iovec.iov_base as usize).is_multiple_of(alignment)
+                && iovec.iov_len.is_multiple_of(alignment)
         })
     }
 }

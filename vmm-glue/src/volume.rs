@@ -10,7 +10,6 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 
 use crate::crypto::{SectorCipher, VolumeKey, SECTOR_BYTES};
-use crate::sys;
 
 /// Suffix of the metadata file beside a volume's data file.
 pub const METADATA_SUFFIX: &str = ".zosvol";
@@ -330,8 +329,14 @@ impl Volume {
             .custom_flags(if direct { libc::O_DIRECT } else { 0 })
             .open(&self.data_path)
             .map_err(io_error(&self.data_path))?;
-        if !sys::try_lock_exclusive(&file).map_err(io_error(&self.data_path))? {
-            return Err(VolumeError::InUse(self.data_path.clone()));
+        match file.try_lock() {
+            Ok(()) => {}
+            Err(std::fs::TryLockError::WouldBlock) => {
+                return Err(VolumeError::InUse(self.data_path.clone()))
+            }
+            Err(std::fs::TryLockError::Error(error)) => {
+                return Err(io_error(&self.data_path)(error))
+            }
         }
         let length = file.metadata().map_err(io_error(&self.data_path))?.len();
         if length < self.metadata.size_bytes {

@@ -183,7 +183,7 @@ impl Flist {
                 )));
             }
             if let Some(record_bytes) = kind.record_bytes() {
-                if length % record_bytes as u64 != 0 {
+                if !length.is_multiple_of(record_bytes as u64) {
                     return Err(FormatError::InvalidHeader(format!(
                         "section {} of {length} bytes is not whole {record_bytes}-byte records",
                         kind.name()

@@ -207,10 +207,10 @@ impl VmPaths {
                 what: path.display().to_string(),
                 source,
             })?;
-        match crate::sys::try_lock_exclusive(&file) {
-            Ok(true) => Ok(Some(file)),
-            Ok(false) => Ok(None),
-            Err(source) => Err(MachineError::Io {
+        match file.try_lock() {
+            Ok(()) => Ok(Some(file)),
+            Err(std::fs::TryLockError::WouldBlock) => Ok(None),
+            Err(std::fs::TryLockError::Error(source)) => Err(MachineError::Io {
                 what: format!("locking {}", path.display()),
                 source,
             }),
