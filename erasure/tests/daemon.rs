@@ -3,10 +3,11 @@
 //! the same API against real zdb servers.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+mod common;
+
 use std::sync::Arc;
 use std::time::Duration;
 
-use erasure::config::{BackendConfig, Config};
 use erasure::daemon::{serve, Listen};
 use erasure::zstor::Zstor;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -79,15 +80,7 @@ fn dechunk(mut input: &[u8]) -> Vec<u8> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn serves_objects_chunks_and_reports_with_a_token() {
     let folder = tempfile::tempdir().unwrap();
-    let backends = (0..6)
-        .map(|index| BackendConfig {
-            url: format!("dir://{}/b{index}", folder.path().display()),
-            group: None,
-        })
-        .collect();
-    let mut config = Config::generate(4, 2, backends).unwrap();
-    config.chunk_size = 64 * 1024;
-    config.state_dir = Some(folder.path().join("state"));
+    let config = common::folder_config(folder.path(), 64 * 1024);
     let token = config.daemon.token.clone();
     let zstor = Arc::new(Zstor::open(config).unwrap());
     let socket = folder.path().join("zstor.sock");

@@ -3,102 +3,17 @@
 //! processes are in `zstor_zdb.rs`.)
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+mod common;
+
 use std::sync::Arc;
 
-use erasure::config::{backend_address, BackendConfig, Config};
-use erasure::store::{ChunkStore, DirStore, FaultPlan, FaultyStore};
-use erasure::zstor::{Backend, Zstor, ZstorError};
+use common::{
+    corrupt, down, object_names, random_bytes, repair_all_to_health, runtime, FolderCluster,
+    CHUNK_BYTES,
+};
+use erasure::store::{ChunkStore, DirStore, FaultyStore};
+use erasure::zstor::{Zstor, ZstorError};
 use proptest::prelude::*;
-use rand::{Rng, SeedableRng};
-
-const CHUNK_BYTES: usize = 4096;
-
-struct Cluster {
-    folder: tempfile::TempDir,
-    config: Config,
-    faults: Vec<FaultyStore>,
-}
-
-impl Cluster {
-    fn new(seed: u64) -> Self {
-        let folder = tempfile::tempdir().unwrap();
-        let backends = (0..6)
-            .map(|index| BackendConfig {
-                url: format!("dir://{}/backend{index}", folder.path().display()),
-                group: None,
-            })
-            .collect();
-        let mut config = Config::generate(4, 2, backends).unwrap();
-        config.chunk_size = CHUNK_BYTES;
-        config.state_dir = Some(folder.path().join("state"));
-        let faults = config
-            .backends
-            .iter()
-            .enumerate()
-            .map(|(index, backend)| {
-                let path = backend.url.trim_start_matches("dir://");
-                FaultyStore::new(Arc::new(DirStore::new(path)), seed ^ index as u64)
-            })
-            .collect();
-        Cluster {
-            folder,
-            config,
-            faults,
-        }
-    }
-
-    fn zstor(&self) -> Zstor {
-        let backends = self
-            .config
-            .backends
-            .iter()
-            .zip(&self.faults)
-            .map(|(backend, fault)| Backend {
-                address: backend_address(&backend.url),
-                group: backend.group.clone(),
-                store: Arc::new(fault.clone()) as Arc<dyn ChunkStore>,
-            })
-            .collect();
-        Zstor::with_backends(self.config.clone(), backends).unwrap()
-    }
-
-    fn plan(&self, index: usize, plan: FaultPlan) {
-        self.faults[index].set_plan(plan);
-    }
-
-    fn heal(&self) {
-        for fault in &self.faults {
-            fault.set_plan(FaultPlan::default());
-        }
-    }
-}
-
-fn down() -> FaultPlan {
-    FaultPlan {
-        down: true,
-        ..FaultPlan::default()
-    }
-}
-
-fn corrupt() -> FaultPlan {
-    FaultPlan {
-        corrupt_reads: true,
-        ..FaultPlan::default()
-    }
-}
-
-fn random_bytes(seed: u64, length: usize) -> Vec<u8> {
-    let mut random = rand::rngs::StdRng::seed_from_u64(seed);
-    (0..length).map(|_| random.gen()).collect()
-}
-
-fn runtime() -> tokio::runtime::Runtime {
-    tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .unwrap()
-}
 
 proptest! {
     #![proptest_config(ProptestConfig { cases: 12, .. ProptestConfig::default() })]
@@ -112,7 +27,7 @@ proptest! {
         seed in any::<u64>(),
         power_of_two_chunks in any::<bool>(),
     ) {
-        let mut cluster = Cluster::new(seed);
+        let mut cluster = FolderCluster::new(seed);
         // Power-of-two chunks record tree hashes; others hash the object a second time.
         if !power_of_two_chunks {
             cluster.config.chunk_size = CHUNK_BYTES - 1000;
@@ -133,7 +48,7 @@ proptest! {
 
 #[test]
 fn reads_survive_any_two_backends_down_or_corrupt() {
-    let cluster = Cluster::new(1);
+    let cluster = FolderCluster::new(1);
     let zstor = cluster.zstor();
     let data = random_bytes(1, CHUNK_BYTES * 12 + 5);
     runtime().block_on(async {
@@ -157,7 +72,7 @@ fn reads_survive_any_two_backends_down_or_corrupt() {
 
 #[test]
 fn three_backends_down_fails_naming_them_and_writes_are_refused() {
-    let cluster = Cluster::new(2);
+    let cluster = FolderCluster::new(2);
     let zstor = cluster.zstor();
     let data = random_bytes(2, CHUNK_BYTES * 3);
     runtime().block_on(async {
@@ -192,7 +107,7 @@ fn three_backends_down_fails_naming_them_and_writes_are_refused() {
 
 #[test]
 fn one_down_during_write_is_queued_and_repaired() {
-    let cluster = Cluster::new(3);
+    let cluster = FolderCluster::new(3);
     let zstor = cluster.zstor();
     let data = random_bytes(3, CHUNK_BYTES * 7 + 100);
     runtime().block_on(async {
@@ -228,7 +143,7 @@ fn one_down_during_write_is_queued_and_repaired() {
 
 #[test]
 fn two_down_during_write_fails_cleanly_and_keeps_the_old_version() {
-    let cluster = Cluster::new(4);
+    let cluster = FolderCluster::new(4);
     let zstor = cluster.zstor();
     let old = random_bytes(4, CHUNK_BYTES * 2);
     let new = random_bytes(5, CHUNK_BYTES * 3);
@@ -248,7 +163,7 @@ fn two_down_during_write_fails_cleanly_and_keeps_the_old_version() {
 
 #[test]
 fn a_replaced_backend_is_refilled_by_repair() {
-    let mut cluster = Cluster::new(6);
+    let mut cluster = FolderCluster::new(6);
     let data = random_bytes(6, CHUNK_BYTES * 6 + 1);
     runtime().block_on(async {
         cluster.zstor().put_bytes(b"doc", &data).await.unwrap();
@@ -264,13 +179,7 @@ fn a_replaced_backend_is_refilled_by_repair() {
             .iter()
             .all(|problem| problem.problem == "removed")));
         assert!(checks.iter().any(|check| !check.problems.is_empty()));
-        let repairs = zstor.repair(None, &|_| {}).await.unwrap();
-        assert!(
-            repairs.iter().all(|repair| repair.failures.is_empty()),
-            "{repairs:?}"
-        );
-        let checks = zstor.check(None, &|_| {}).await.unwrap();
-        assert!(checks.iter().all(|check| check.healthy()), "{checks:?}");
+        repair_all_to_health(&zstor).await;
         cluster.plan(0, down());
         cluster.plan(4, down());
         assert_eq!(zstor.get_bytes(b"doc").await.unwrap(), data);
@@ -280,7 +189,7 @@ fn a_replaced_backend_is_refilled_by_repair() {
 
 #[test]
 fn wrong_key_forged_shards_and_dangling_metadata_give_clear_errors() {
-    let cluster = Cluster::new(7);
+    let cluster = FolderCluster::new(7);
     let zstor = cluster.zstor();
     let data = random_bytes(7, CHUNK_BYTES * 2);
     runtime().block_on(async {
@@ -299,18 +208,13 @@ fn wrong_key_forged_shards_and_dangling_metadata_give_clear_errors() {
 
         // Every shard file on two backends is overwritten with a forged frame.
         for index in [1, 4] {
-            let root = cluster.folder.path().join(format!("backend{index}"));
-            for folder in std::fs::read_dir(&root).unwrap() {
-                for file in std::fs::read_dir(folder.unwrap().path()).unwrap() {
-                    let path = file.unwrap().path();
-                    let name = path.file_name().unwrap().to_string_lossy().into_owned();
-                    if name.starts_with(&hex::encode(b"zs:s:")) {
-                        let mut bytes = std::fs::read(&path).unwrap();
-                        let last = bytes.len() - 1;
-                        bytes[last] ^= 1;
-                        bytes.truncate(bytes.len() - 7);
-                        std::fs::write(&path, &bytes).unwrap();
-                    }
+            for (path, name) in cluster.backend_files(index) {
+                if name.starts_with(&hex::encode(b"zs:s:")) {
+                    let mut bytes = std::fs::read(&path).unwrap();
+                    let last = bytes.len() - 1;
+                    bytes[last] ^= 1;
+                    bytes.truncate(bytes.len() - 7);
+                    std::fs::write(&path, &bytes).unwrap();
                 }
             }
         }
@@ -326,18 +230,9 @@ fn wrong_key_forged_shards_and_dangling_metadata_give_clear_errors() {
 
         // Metadata whose pages are gone everywhere: a clear error, no panic.
         for index in 0..6 {
-            let root = cluster.folder.path().join(format!("backend{index}"));
-            for folder in std::fs::read_dir(&root).unwrap() {
-                for file in std::fs::read_dir(folder.unwrap().path()).unwrap() {
-                    let path = file.unwrap().path();
-                    if path
-                        .file_name()
-                        .unwrap()
-                        .to_string_lossy()
-                        .starts_with(&hex::encode(b"zs:p:"))
-                    {
-                        std::fs::remove_file(path).unwrap();
-                    }
+            for (path, name) in cluster.backend_files(index) {
+                if name.starts_with(&hex::encode(b"zs:p:")) {
+                    std::fs::remove_file(path).unwrap();
                 }
             }
         }
@@ -352,7 +247,7 @@ fn wrong_key_forged_shards_and_dangling_metadata_give_clear_errors() {
 
 #[test]
 fn list_overwrite_and_delete() {
-    let cluster = Cluster::new(8);
+    let cluster = FolderCluster::new(8);
     let zstor = cluster.zstor();
     runtime().block_on(async {
         zstor.put_bytes(b"a", b"first").await.unwrap();
@@ -362,14 +257,7 @@ fn list_overwrite_and_delete() {
             .unwrap();
         zstor.put_bytes(b"a", b"second").await.unwrap();
         assert_eq!(zstor.get_bytes(b"a").await.unwrap(), b"second");
-        let names: Vec<String> = zstor
-            .list()
-            .await
-            .unwrap()
-            .into_iter()
-            .map(|object| object.name)
-            .collect();
-        assert_eq!(names, vec!["a", "b"]);
+        assert_eq!(object_names(&zstor).await, vec!["a", "b"]);
         // A backend down during the delete must not bring the object back later.
         cluster.plan(0, down());
         zstor.delete(b"b").await.unwrap();
@@ -378,14 +266,7 @@ fn list_overwrite_and_delete() {
             zstor.get_bytes(b"b").await,
             Err(ZstorError::NotFound(_))
         ));
-        let names: Vec<String> = zstor
-            .list()
-            .await
-            .unwrap()
-            .into_iter()
-            .map(|object| object.name)
-            .collect();
-        assert_eq!(names, vec!["a"]);
+        assert_eq!(object_names(&zstor).await, vec!["a"]);
         assert!(matches!(
             zstor.delete(b"b").await,
             Err(ZstorError::NotFound(_))
@@ -396,7 +277,7 @@ fn list_overwrite_and_delete() {
     });
 }
 
-async fn futures_usage(cluster: &Cluster) -> u64 {
+async fn futures_usage(cluster: &FolderCluster) -> u64 {
     let mut total = 0;
     for fault in &cluster.faults {
         total += fault.usage().await.unwrap().entries.unwrap();

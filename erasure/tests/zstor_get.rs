@@ -4,19 +4,16 @@
 //! `READ_HEDGE_AFTER_MS`, not for the backend timeout.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+mod common;
+
 use std::collections::BTreeSet;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use erasure::config::{backend_address, BackendConfig, Config};
-use erasure::store::{ChunkStore, DirStore, FaultPlan, FaultyStore, StoreError, StoreUsage};
-use erasure::zstor::{
-    Backend, Zstor, BACKEND_OP_TIMEOUT_MS, GET_CHUNKS_IN_FLIGHT, READ_HEDGE_AFTER_MS,
-};
-use rand::{Rng, SeedableRng};
+use common::{corrupt, random_bytes, runtime, FolderCluster, CHUNK_BYTES};
+use erasure::store::{ChunkStore, FaultPlan, FaultyStore, StoreError, StoreUsage};
+use erasure::zstor::{Zstor, BACKEND_OP_TIMEOUT_MS, GET_CHUNKS_IN_FLIGHT, READ_HEDGE_AFTER_MS};
 use tokio::io::AsyncReadExt;
-
-const CHUNK_BYTES: usize = 4096;
 
 /// What the probe stores of one cluster share: the chunks whose shards were asked for, in
 /// the order asked, and a delay per chunk index.
@@ -103,52 +100,26 @@ impl ChunkStore for ProbeStore {
     }
 }
 
+/// A [`FolderCluster`] read through [`ProbeStore`]s that share one [`Probe`].
 struct Cluster {
-    _folder: tempfile::TempDir,
+    folder: FolderCluster,
     zstor: Zstor,
-    faults: Vec<FaultyStore>,
     probe: Arc<Probe>,
 }
 
 impl Cluster {
     fn new(seed: u64) -> Self {
-        let folder = tempfile::tempdir().unwrap();
-        let backends = (0..6)
-            .map(|index| BackendConfig {
-                url: format!("dir://{}/backend{index}", folder.path().display()),
-                group: None,
-            })
-            .collect();
-        let mut config = Config::generate(4, 2, backends).unwrap();
-        config.chunk_size = CHUNK_BYTES;
-        config.state_dir = Some(folder.path().join("state"));
+        let folder = FolderCluster::new(seed);
         let probe = Arc::new(Probe::default());
-        let faults: Vec<FaultyStore> = config
-            .backends
-            .iter()
-            .enumerate()
-            .map(|(index, backend)| {
-                let path = backend.url.trim_start_matches("dir://");
-                FaultyStore::new(Arc::new(DirStore::new(path)), seed ^ index as u64)
+        let zstor = folder.zstor_over(|fault| {
+            Arc::new(ProbeStore {
+                inner: fault.clone(),
+                probe: probe.clone(),
             })
-            .collect();
-        let backends = config
-            .backends
-            .iter()
-            .zip(&faults)
-            .map(|(backend, fault)| Backend {
-                address: backend_address(&backend.url),
-                group: None,
-                store: Arc::new(ProbeStore {
-                    inner: fault.clone(),
-                    probe: probe.clone(),
-                }) as Arc<dyn ChunkStore>,
-            })
-            .collect();
+        });
         Cluster {
-            _folder: folder,
-            zstor: Zstor::with_backends(config, backends).unwrap(),
-            faults,
+            folder,
+            zstor,
             probe,
         }
     }
@@ -159,19 +130,6 @@ impl Cluster {
         let head = self.zstor.read_head(name).await.unwrap();
         *self.probe.object_id.lock().unwrap() = Some(head.object_id);
     }
-}
-
-fn random_bytes(seed: u64, length: usize) -> Vec<u8> {
-    let mut random = rand::rngs::StdRng::seed_from_u64(seed);
-    (0..length).map(|_| random.gen()).collect()
-}
-
-fn runtime() -> tokio::runtime::Runtime {
-    tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .unwrap()
 }
 
 #[test]
@@ -239,14 +197,14 @@ fn a_hung_backend_and_a_garbage_one_hold_a_get_up_only_to_the_hedge_bound() {
         cluster.put_and_watch(b"object", &data).await;
         // Backend 0 holds a data shard of most chunks and never answers in time; backend 1
         // answers garbage.
-        cluster.faults[0].set_plan(FaultPlan {
-            read_delay_ms: 10 * BACKEND_OP_TIMEOUT_MS,
-            ..FaultPlan::default()
-        });
-        cluster.faults[1].set_plan(FaultPlan {
-            corrupt_reads: true,
-            ..FaultPlan::default()
-        });
+        cluster.folder.plan(
+            0,
+            FaultPlan {
+                read_delay_ms: 10 * BACKEND_OP_TIMEOUT_MS,
+                ..FaultPlan::default()
+            },
+        );
+        cluster.folder.plan(1, corrupt());
         let started = std::time::Instant::now();
         // Well under the backend timeout: the hung backend is read around, and once it has
         // been slow, later chunks read it last.
