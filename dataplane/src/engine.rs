@@ -49,6 +49,10 @@ const COMMIT_INLINE_BYTES_MAX: usize = 16 * 1024;
 /// Under --sync, a commit writes and fdatasyncs its round on the event loop itself when at
 /// most this many bytes were appended since the last round.
 const SYNC_INLINE_BYTES_MAX: usize = 256 * 1024;
+/// ... and only while the last sync round's fdatasync took at most this long: on a slow disk
+/// the event loop would stall every client, readers included, for each sync; the flusher
+/// takes those rounds while the event loop goes on serving.
+const SYNC_INLINE_MICROS_MAX: u64 = 2_000;
 /// First capacity of a pending chunk (the buffer records are encoded into before their
 /// write); a record at least this large gets a chunk of its own size.
 const PENDING_CHUNK_BYTES: usize = 64 * 1024;
@@ -533,6 +537,8 @@ pub struct Engine {
     /// publishing the durable ticket, so that a round never publishes records whose
     /// fdatasync another round is still running.
     sync_gate: Mutex<()>,
+    /// How long the last sync round's fdatasync took (microseconds).
+    sync_micros_last: AtomicU64,
     /// Bytes appended since the last write round started (all namespaces).
     appended_bytes: AtomicUsize,
     /// One automatic compaction at a time, server-wide.
@@ -576,6 +582,7 @@ impl Engine {
             flusher: Mutex::new(None),
             round: Mutex::new(RoundState::default()),
             sync_gate: Mutex::new(()),
+            sync_micros_last: AtomicU64::new(0),
             appended_bytes: AtomicUsize::new(0),
             compaction_running: Arc::new(AtomicBool::new(false)),
             cache_budget,
@@ -2295,11 +2302,11 @@ impl Engine {
         tokio::task::yield_now().await;
         let mut receiver = self.progress.subscribe();
         // A small round costs less on this thread than the two wake-ups of a hand-off to the
-        // flusher, and under --sync so does its fdatasync: the event loop waits it out, as
-        // redis's loop does with `appendfsync always`, and the clients that become ready
-        // meanwhile all join the next round. A large round (sealing is most of it) is left to
-        // the flusher so that the event loop goes on serving meanwhile; so is a small one
-        // while another sync round is running.
+        // flusher, and under --sync so does its fdatasync while the disk is fast: the event
+        // loop waits it out, as redis's loop does with `appendfsync always`, and the clients
+        // that become ready meanwhile all join the next round. A large round (sealing is most
+        // of it) is left to the flusher so that the event loop goes on serving meanwhile; so
+        // is a small one while another sync round runs or when the last sync was slow.
         let inline_bytes_max = if durable {
             SYNC_INLINE_BYTES_MAX
         } else {
@@ -2310,8 +2317,10 @@ impl Engine {
         {
             if !durable {
                 self.write_round()?;
-            } else if let Ok(gate) = self.sync_gate.try_lock() {
-                self.sync_round_gated(&gate, true, false, &[], false)?;
+            } else if self.sync_micros_last.load(Ordering::Relaxed) <= SYNC_INLINE_MICROS_MAX {
+                if let Ok(gate) = self.sync_gate.try_lock() {
+                    self.sync_round_gated(&gate, true, false, &[], false)?;
+                }
             }
         }
         if !self.committed(ticket, durable)? {
@@ -2511,9 +2520,12 @@ impl Engine {
         };
         if !files.is_empty() {
             let sync: Vec<&File> = files.iter().map(|f| f.as_ref()).collect();
+            let started = Instant::now();
             if let Err(error) = self.io.write_batch(&[], &sync) {
                 return Err(self.fail(error));
             }
+            let micros = u64::try_from(started.elapsed().as_micros()).unwrap_or(u64::MAX);
+            self.sync_micros_last.store(micros, Ordering::Relaxed);
         }
         self.progress.send_modify(|p| {
             p.durable_ticket = p.durable_ticket.max(written);

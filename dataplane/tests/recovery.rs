@@ -13,7 +13,7 @@ use dataplane::engine::{
     Durability, Engine, EngineConfig, EngineError, SetOutcome, DEFAULT_NAMESPACE,
 };
 use dataplane::fault::FaultIo;
-use dataplane::sys::{StorageIo, UringIo};
+use dataplane::sys::{PosixIo, StorageIo, UringIo};
 use rand::{Rng, SeedableRng};
 
 fn config(dir: &Path) -> EngineConfig {
@@ -377,4 +377,75 @@ fn large_and_small_records_interleaved_read_back_before_and_after_restart() {
         );
     }
     engine.verify(&ns).unwrap();
+}
+
+/// Positional I/O whose every fdatasync takes `delay` more: a slow disk.
+#[derive(Debug)]
+struct SlowSyncIo {
+    delay: Duration,
+}
+
+impl StorageIo for SlowSyncIo {
+    fn write_batch(
+        &self,
+        writes: &[dataplane::sys::WriteRequest<'_>],
+        sync: &[&std::fs::File],
+    ) -> std::io::Result<()> {
+        if !sync.is_empty() {
+            std::thread::sleep(self.delay);
+        }
+        PosixIo.write_batch(writes, sync)
+    }
+
+    fn read_exact_at(
+        &self,
+        file: &std::fs::File,
+        offset: u64,
+        buf: &mut [u8],
+    ) -> std::io::Result<()> {
+        PosixIo.read_exact_at(file, offset, buf)
+    }
+
+    fn name(&self) -> &'static str {
+        "slow-sync"
+    }
+}
+
+#[test]
+fn on_a_slow_disk_sync_rounds_leave_the_event_loop_free() {
+    // Under --sync a small round may be synced on the event loop itself; once a sync was slow,
+    // the next ones go to the flusher and the event loop serves others (a read) meanwhile.
+    let dir = tempfile::tempdir().unwrap();
+    let engine = Engine::open(
+        config(dir.path()),
+        Arc::new(SlowSyncIo {
+            delay: Duration::from_millis(300),
+        }),
+    )
+    .unwrap();
+    let ns = engine.namespace(DEFAULT_NAMESPACE).unwrap();
+    block_on(async {
+        let stored = |key: &[u8]| match engine.set(&ns, key, b"value", None).unwrap() {
+            SetOutcome::Stored { ticket, .. } => ticket,
+            SetOutcome::Unchanged => panic!("a new key was not stored"),
+        };
+        // The first commit finds out that syncs are slow.
+        engine.commit(stored(b"first")).await.unwrap();
+        let ticket = stored(b"second");
+        let writer = {
+            let engine = Arc::clone(&engine);
+            tokio::spawn(async move { engine.commit(ticket).await })
+        };
+        // Enough turns for the writer to reach its choice (it yields once before it).
+        for _ in 0..4 {
+            tokio::task::yield_now().await;
+        }
+        assert!(
+            !writer.is_finished(),
+            "the commit ran its slow sync on the event loop"
+        );
+        assert_eq!(engine.get(&ns, b"first").unwrap(), Some(b"value".to_vec()));
+        writer.await.unwrap().unwrap();
+    });
+    assert_eq!(engine.get(&ns, b"second").unwrap(), Some(b"value".to_vec()));
 }
