@@ -151,6 +151,8 @@ impl std::fmt::Debug for Connection {
 /// Arguments from this size on are written from the caller's memory (one `writev`), not
 /// copied into the request buffer first: a shard or chunk of a MiB or more is not copied twice.
 pub const ARG_BORROWED_BYTES_MIN: usize = 16 * 1024;
+/// Most slices handed to one `writev` (the kernel refuses more than 1024).
+const IO_SLICES_PER_WRITE_MAX: usize = 1024;
 
 /// Encodes one command as a RESP array of bulk strings.
 pub fn encode_command(out: &mut Vec<u8>, args: &[&[u8]]) {
@@ -209,7 +211,8 @@ async fn write_commands<W: AsyncWrite + Unpin + ?Sized>(
     slices.push(IoSlice::new(&small[from..]));
     let mut remaining = &mut slices[..];
     while !remaining.is_empty() {
-        let written = stream.write_vectored(remaining).await?;
+        let batch = remaining.len().min(IO_SLICES_PER_WRITE_MAX);
+        let written = stream.write_vectored(&remaining[..batch]).await?;
         if written == 0 {
             return Err(std::io::ErrorKind::WriteZero.into());
         }
@@ -912,14 +915,23 @@ mod tests {
         let big = fixtures::bytes::xorshift_bytes(3, ARG_BORROWED_BYTES_MIN * 3 + 7);
         let edge = vec![b'e'; ARG_BORROWED_BYTES_MIN];
         let just_under = vec![b'u'; ARG_BORROWED_BYTES_MIN - 1];
-        let commands: [&[&[u8]]; 4] = [
+        let first: [&[&[u8]]; 4] = [
             &[b"SET", b"k1", &big],
             &[b"PING"],
             &[b"SET", &edge, &just_under],
             &[b"SET", b"", &big[..ARG_BORROWED_BYTES_MIN + 1]],
         ];
+        // Then more large arguments than one writev may carry.
+        let many: Vec<[&[u8]; 3]> = (0..IO_SLICES_PER_WRITE_MAX)
+            .map(|_| [&b"SET"[..], &b"k"[..], &edge[..]])
+            .collect();
+        let commands: Vec<&[&[u8]]> = first
+            .iter()
+            .copied()
+            .chain(many.iter().map(|command| &command[..]))
+            .collect();
         let mut expected = Vec::new();
-        for command in commands {
+        for command in &commands {
             encode_command(&mut expected, command);
         }
         for step in [1, 7, 4096, 1 << 20] {
