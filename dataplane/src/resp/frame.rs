@@ -313,6 +313,25 @@ mod tests {
     }
 
     #[test]
+    fn an_incomplete_value_says_how_much_it_needs() {
+        let (mut args, mut inline, mut needed) = (Vec::new(), Vec::new(), 0);
+        let head = b"*3\r\n$3\r\nSET\r\n$1\r\nk\r\n$100000\r\n";
+        let mut buf = head.to_vec();
+        buf.extend_from_slice(b"abc");
+        let parsed = parse_command_sized(&buf, &mut args, &mut inline, &mut needed).unwrap();
+        assert_eq!(parsed, None);
+        assert_eq!(needed, head.len() + 100_000 + 2);
+        // Once that much is there, the command is complete.
+        buf.resize(needed - 2, b'v');
+        buf.extend_from_slice(b"\r\n");
+        let parsed = parse_command_sized(&buf, &mut args, &mut inline, &mut needed).unwrap();
+        assert_eq!(parsed, Some((buf.len(), false)));
+        // A length line cut short tells nothing yet.
+        parse_command_sized(&head[..6], &mut args, &mut inline, &mut needed).unwrap();
+        assert_eq!(needed, 0);
+    }
+
+    #[test]
     fn invalid_lengths_are_errors() {
         assert_eq!(parse(b"*x\r\n"), Err(ProtocolError::ArrayLength));
         assert_eq!(parse(b"*99999999\r\n"), Err(ProtocolError::ArrayLength));
