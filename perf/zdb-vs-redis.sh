@@ -7,10 +7,12 @@
 # Each figure is the best of RUNS runs, ours and the peer's interleaved. Writes a markdown table
 # to perf/results/zdb-vs-redis-<date>.md and prints it.
 #
-# usage: perf/zdb-vs-redis.sh [RUNS (default 3)] [REQUESTS per run (default 200000)]
+# usage: perf/zdb-vs-redis.sh [RUNS (default 5)] [REQUESTS per run (default 200000)]
+# (with 3 runs the -P 1 rows were a coin toss: on 2 cores both servers run in two modes, some
+# 60% apart, depending on where the scheduler puts the client and the server)
 # Installs redis-server and redis-tools when missing; builds zdb in release mode.
 set -euo pipefail
-runs=${1:-3}
+runs=${1:-5}
 requests=${2:-200000}
 project=$(cd "$(dirname "$0")/.." && pwd)
 cd "$project"
