@@ -5,7 +5,7 @@
 # plain) and reed-solomon-simd, the whole chunk encode/decode (criterion, one core, 4 MiB
 # chunks of incompressible bytes); the whole put pipeline (`Zstor::put` of 64 MiB over stores
 # that drop the shards, every core) beside AES-256-GCM alone on one core and on every core;
-# the CPU time per byte of every necessary stage and of the whole put (erasure's put_profile
+# the CPU time per byte of every necessary stage and of the whole put (perf's put_profile
 # example), which shows how far the put is from the sum of its stages; then end-to-end
 # `zos stor` put/get of one object against 6 local zdb servers (4+2), three alternating rounds,
 # and the peak RSS of a streamed put of STREAM_MIB from /dev/urandom through a pipe.
@@ -31,7 +31,7 @@ cargo bench -p perf --bench erasure -- --output-format bencher 2>/dev/null | gre
 
 # CPU time per byte of every necessary stage and of the whole put (the machine is shared:
 # CPU time per byte is what other processes cannot inflate, wall time is not).
-cargo build --release -p erasure --example put_profile --example store_stage -p dataplane --bin zdb -p control --bin zos >/dev/null
+cargo build --release -p perf --example put_profile --example store_stage -p dataplane --bin zdb -p control --bin zos >/dev/null
 target=$(cargo metadata --format-version 1 --no-deps | python3 -c 'import json,sys; print(json.load(sys.stdin)["target_directory"])')
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 # start_servers DIR CONFIG: six fresh zdb servers (pids in `pids`), a 4+2 config for them.
@@ -171,7 +171,7 @@ for line in open(profile_path):
 if profile:
     ns = profile
     out.append(f"\n## Whole put against its necessary stages, in CPU time ({cores} cores)\n")
-    out.append("`cargo run --release -p erasure --example put_profile -- 4096 64 20`: each stage alone on one core "
+    out.append("`cargo run --release -p perf --example put_profile -- 4096 64 20`: each stage alone on one core "
                "over a 4 MiB chunk, and the whole `Zstor::put` of a 64 MiB incompressible object over six stores that "
                "drop the shards, in CPU nanoseconds per byte of object (clock_gettime thread and process CPU clocks, "
                "best of 20): what other processes on the machine cannot inflate.\n")
@@ -214,7 +214,7 @@ for line in open(stage_path):
 if stage:
     st = stage
     out.append(f"\n## The whole put against its slowest stage, end to end ({cores} cores, 6 local zdb servers)\n")
-    out.append(f"`cargo run --release -p erasure --example store_stage -- CONFIG {mib} 5` (ZDB_PIDS set): the put's "
+    out.append(f"`cargo run --release -p perf --example store_stage -- CONFIG {mib} 5` (ZDB_PIDS set): the put's "
                "last stage alone, writing every shard frame of the object to the six servers with the put's placement "
                "and the put's chunks in flight, the frames made before the clock starts; interleaved with whole "
                "`Zstor::put`s of the same object. Both read the object from memory; best of 5 each, CPU time per "

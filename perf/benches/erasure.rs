@@ -15,13 +15,8 @@ use std::time::Duration;
 use aes_gcm::aead::{Aead, KeyInit};
 use aes_gcm::{Aes256Gcm, Nonce};
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
-use std::sync::Arc;
 
 use erasure::codec::{ChunkCodec, ChunkPlace, ReedSolomon, RsCodecId};
-use erasure::config::{BackendConfig, Config};
-use erasure::store::StoreError;
-use erasure::zstor::{Backend, Zstor};
-use erasure::ChunkStore;
 
 const CHUNK_BYTES: usize = 4 * 1024 * 1024;
 const GEOMETRIES: [(usize, usize); 3] = [(4, 2), (8, 4), (16, 4)];
@@ -185,33 +180,6 @@ fn pipeline(c: &mut Criterion) {
     group.finish();
 }
 
-/// A store that keeps nothing: the whole put pipeline without the network.
-#[derive(Debug)]
-struct NullStore(String);
-
-#[async_trait::async_trait]
-impl ChunkStore for NullStore {
-    async fn get(&self, _id: &[u8]) -> Result<Option<Vec<u8>>, StoreError> {
-        Ok(None)
-    }
-    async fn put(&self, _id: &[u8], data: &[u8]) -> Result<(), StoreError> {
-        black_box(data.len());
-        Ok(())
-    }
-    async fn exists(&self, _id: &[u8]) -> Result<bool, StoreError> {
-        Ok(false)
-    }
-    async fn delete(&self, _id: &[u8]) -> Result<bool, StoreError> {
-        Ok(false)
-    }
-    fn url(&self) -> String {
-        self.0.clone()
-    }
-    fn is_read_only(&self) -> bool {
-        false
-    }
-}
-
 const OBJECT_BYTES: usize = 64 * 1024 * 1024;
 
 fn cores() -> usize {
@@ -234,27 +202,7 @@ fn whole_put(c: &mut Criterion) {
         .enable_all()
         .build()
         .unwrap();
-    let urls: Vec<String> = (0..6).map(|index| format!("dir:///null/{index}")).collect();
-    let config = Config::generate(
-        4,
-        2,
-        urls.iter()
-            .map(|url| BackendConfig {
-                url: url.clone(),
-                group: None,
-            })
-            .collect(),
-    )
-    .unwrap();
-    let backends = urls
-        .iter()
-        .map(|url| Backend {
-            address: erasure::config::backend_address(url),
-            group: None,
-            store: Arc::new(NullStore(url.clone())) as Arc<dyn ChunkStore>,
-        })
-        .collect();
-    let zstor = Zstor::with_backends(config, backends).unwrap();
+    let zstor = perf::null_zstor(CHUNK_BYTES).unwrap();
     group.bench_function(
         BenchmarkId::new("whole-put", format!("{cores}-cores")),
         |b| {

@@ -4,68 +4,17 @@
 //! crc32 of every shard) run back to back on one chunk per core, with no copies, no tasks
 //! and no I/O: the most the pipeline could reach on this machine.
 //!
-//! usage: `cargo run --release -p erasure --example put_profile -- [CHUNK_KIB] [OBJECT_MIB] [ROUNDS]`
+//! usage: `cargo run --release -p perf --example put_profile -- [CHUNK_KIB] [OBJECT_MIB] [ROUNDS]`
 //! (`perf record -g` on it shows where the put's time goes).
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use std::sync::Arc;
 use std::time::Instant;
 
 use erasure::codec::{ChunkCodec, ChunkHash, ChunkPlace, ReedSolomon, RsCodecId, Scratch};
-use erasure::config::{backend_address, BackendConfig, Config};
-use erasure::store::StoreError;
-use erasure::zstor::{Backend, Zstor};
-use erasure::ChunkStore;
-
-#[derive(Debug)]
-struct NullStore(String);
-
-#[async_trait::async_trait]
-impl ChunkStore for NullStore {
-    async fn get(&self, _id: &[u8]) -> Result<Option<Vec<u8>>, StoreError> {
-        Ok(None)
-    }
-    async fn put(&self, _id: &[u8], data: &[u8]) -> Result<(), StoreError> {
-        std::hint::black_box(data.len());
-        Ok(())
-    }
-    async fn exists(&self, _id: &[u8]) -> Result<bool, StoreError> {
-        Ok(false)
-    }
-    async fn delete(&self, _id: &[u8]) -> Result<bool, StoreError> {
-        Ok(false)
-    }
-    fn url(&self) -> String {
-        self.0.clone()
-    }
-    fn is_read_only(&self) -> bool {
-        false
-    }
-}
+use perf::sys::{process_cpu_ns, thread_cpu_ns};
 
 fn incompressible(bytes: usize) -> Vec<u8> {
     fixtures::bytes::xorshift_bytes(0x9e37_79b9_7f4a_7c15, bytes)
-}
-
-fn cpu_clock_ns(clock: libc::clockid_t) -> u64 {
-    let mut time = libc::timespec {
-        tv_sec: 0,
-        tv_nsec: 0,
-    };
-    // SAFETY: `time` is a valid timespec for clock_gettime to fill.
-    let result = unsafe { libc::clock_gettime(clock, &mut time) };
-    assert_eq!(result, 0, "clock_gettime");
-    time.tv_sec as u64 * 1_000_000_000 + time.tv_nsec as u64
-}
-
-/// CPU time this thread has run (nanoseconds).
-fn thread_cpu_ns() -> u64 {
-    cpu_clock_ns(libc::CLOCK_THREAD_CPUTIME_ID)
-}
-
-/// CPU time of every thread of this process (nanoseconds).
-fn process_cpu_ns() -> u64 {
-    cpu_clock_ns(libc::CLOCK_PROCESS_CPUTIME_ID)
 }
 
 /// Best (lowest) CPU nanoseconds per byte of `work` over `bytes`, on this thread.
@@ -91,28 +40,7 @@ fn main() {
     let cores = std::thread::available_parallelism().map_or(1, |count| count.get());
     let object = incompressible(object_bytes);
 
-    let urls: Vec<String> = (0..6).map(|index| format!("dir:///null/{index}")).collect();
-    let mut config = Config::generate(
-        4,
-        2,
-        urls.iter()
-            .map(|url| BackendConfig {
-                url: url.clone(),
-                group: None,
-            })
-            .collect(),
-    )
-    .unwrap();
-    config.chunk_size = chunk_bytes;
-    let backends = urls
-        .iter()
-        .map(|url| Backend {
-            address: backend_address(url),
-            group: None,
-            store: Arc::new(NullStore(url.clone())) as Arc<dyn ChunkStore>,
-        })
-        .collect();
-    let zstor = Zstor::with_backends(config, backends).unwrap();
+    let zstor = perf::null_zstor(chunk_bytes).unwrap();
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(cores)
         .enable_all()

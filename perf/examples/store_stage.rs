@@ -5,7 +5,7 @@
 //! Both take their input from memory, so the ratio is what encoding, hashing and the
 //! metadata cost a put on top of shipping its shards.
 //!
-//! usage: `cargo run --release -p erasure --example store_stage -- CONFIG [OBJECT_MIB] [ROUNDS]`
+//! usage: `cargo run --release -p perf --example store_stage -- CONFIG [OBJECT_MIB] [ROUNDS]`
 //! (`perf/erasure-bench.sh` runs it against six local zdb servers). Prints `key value` lines:
 //! best wall-clock throughput of each, and CPU nanoseconds per object byte of this process
 //! and of the servers whose pids `ZDB_PIDS` lists (space separated), averaged over the
@@ -103,7 +103,12 @@ fn main() {
         .split_whitespace()
         .filter_map(|pid| pid.parse().ok())
         .collect();
-    let cpu_now = || (process_cpu_seconds(), servers_cpu_seconds(&server_pids));
+    let cpu_now = || {
+        (
+            perf::sys::process_cpu_ns() as f64 / 1e9,
+            perf::sys::processes_cpu_seconds(&server_pids).unwrap(),
+        )
+    };
     let (mut store_cpu, mut put_cpu) = ((0.0, 0.0), (0.0, 0.0));
     // One warm-up of each (connections, page cache of the servers' files), then rounds that
     // alternate which of the two goes first.
@@ -166,34 +171,4 @@ fn main() {
         println!("store_cpu_bound_mib_s {:.1}", bound(store_cpu));
         println!("put_cpu_bound_mib_s {:.1}", bound(put_cpu));
     }
-}
-
-/// CPU time of every thread of this process, in seconds.
-fn process_cpu_seconds() -> f64 {
-    let mut time = libc::timespec {
-        tv_sec: 0,
-        tv_nsec: 0,
-    };
-    // SAFETY: `time` is a valid timespec for clock_gettime to fill.
-    let result = unsafe { libc::clock_gettime(libc::CLOCK_PROCESS_CPUTIME_ID, &mut time) };
-    assert_eq!(result, 0, "clock_gettime");
-    time.tv_sec as f64 + time.tv_nsec as f64 / 1e9
-}
-
-/// CPU time of the processes `pids` (user and system, from /proc), in seconds.
-fn servers_cpu_seconds(pids: &[u32]) -> f64 {
-    // SAFETY: sysconf has no memory effects.
-    let ticks_per_second = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64;
-    pids.iter()
-        .map(|pid| {
-            let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
-            // Fields after the command name, which is in parentheses and may hold spaces.
-            let fields: Vec<&str> = stat[stat.rfind(')').unwrap() + 2..]
-                .split_whitespace()
-                .collect();
-            let ticks: f64 =
-                fields[11].parse::<f64>().unwrap() + fields[12].parse::<f64>().unwrap();
-            ticks / ticks_per_second
-        })
-        .sum()
 }
