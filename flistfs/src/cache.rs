@@ -227,58 +227,32 @@ impl ChunkCache {
         target_bytes: u64,
         keep: Option<&Path>,
     ) -> std::io::Result<u64> {
-        let mut found: Vec<(SystemTime, PathBuf, u64)> = Vec::new();
+        // (mtime, path, bytes, whether it is a plaintext copy)
+        let mut found: Vec<(SystemTime, PathBuf, u64, bool)> = Vec::new();
         for shard in fs::read_dir(&self.directory)?.flatten() {
             let name = shard.file_name();
             if name.len() != 2 || !shard.path().is_dir() {
                 continue;
             }
-            for entry in fs::read_dir(shard.path())?.flatten() {
-                if parse_id(&entry.file_name().to_string_lossy()).is_none() {
-                    continue;
-                }
-                let Ok(metadata) = entry.metadata() else {
-                    continue;
-                };
-                found.push((
-                    metadata.modified().unwrap_or(SystemTime::UNIX_EPOCH),
-                    entry.path(),
-                    metadata.len(),
-                ));
-            }
+            list_cached(&shard.path(), false, &mut found)?;
         }
-        let copies_start = found.len();
-        for entry in fs::read_dir(self.directory.join(COPIES_DIR))?.flatten() {
-            if parse_id(&entry.file_name().to_string_lossy()).is_none() {
-                continue;
-            }
-            let Ok(metadata) = entry.metadata() else {
-                continue;
-            };
-            found.push((
-                metadata.modified().unwrap_or(SystemTime::UNIX_EPOCH),
-                entry.path(),
-                copy_bytes(&metadata),
-            ));
-        }
-        let is_copy: std::collections::HashSet<PathBuf> = found[copies_start..]
-            .iter()
-            .map(|(_, path, _)| path.clone())
-            .collect();
+        list_cached(&self.directory.join(COPIES_DIR), true, &mut found)?;
         found.sort();
-        let mut total: u64 = found.iter().map(|(_, _, bytes)| bytes).sum();
+        let mut total: u64 = found.iter().map(|(_, _, bytes, _)| bytes).sum();
         let mut evicted = 0usize;
-        for (_, path, bytes) in &found {
+        for (_, path, bytes, is_copy) in &found {
             if total <= target_bytes {
                 break;
             }
             if Some(path.as_path()) == keep {
                 continue;
             }
-            if is_copy.contains(path) && !remove_copy_if_unused(path) {
-                continue;
-            }
-            if !is_copy.contains(path) && fs::remove_file(path).is_err() {
+            let removed = if *is_copy {
+                remove_copy_if_unused(path)
+            } else {
+                fs::remove_file(path).is_ok()
+            };
+            if !removed {
                 continue;
             }
             total -= bytes;
@@ -509,6 +483,35 @@ impl Drop for UsageGuard<'_> {
     fn drop(&mut self) {
         let _ = self.file.unlock();
     }
+}
+
+/// Adds the cache files of folder `dir` (named by their id) to `found`: (mtime, path, bytes
+/// they count for, `is_copy`). Files gone meanwhile are skipped.
+fn list_cached(
+    dir: &Path,
+    is_copy: bool,
+    found: &mut Vec<(SystemTime, PathBuf, u64, bool)>,
+) -> std::io::Result<()> {
+    for entry in fs::read_dir(dir)?.flatten() {
+        if parse_id(&entry.file_name().to_string_lossy()).is_none() {
+            continue;
+        }
+        let Ok(metadata) = entry.metadata() else {
+            continue;
+        };
+        let bytes = if is_copy {
+            copy_bytes(&metadata)
+        } else {
+            metadata.len()
+        };
+        found.push((
+            metadata.modified().unwrap_or(SystemTime::UNIX_EPOCH),
+            entry.path(),
+            bytes,
+            is_copy,
+        ));
+    }
+    Ok(())
 }
 
 /// Deletes files in `tmp/` left by processes that are gone (or older than an hour); the

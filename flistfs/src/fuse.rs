@@ -116,60 +116,57 @@ impl FuseAdapter {
             Some(copies) if copies.wanted(ino) => copies,
             _ => return reply.opened(FileHandle(HANDLE_CACHED), FopenFlags::FOPEN_KEEP_CACHE),
         };
-        // An inode already open in one mode is opened in that mode (passthrough ones too
-        // after passthrough was turned off: the kernel would refuse a cached open).
-        {
-            let mut opens = self.opens();
-            let entry = opens.entry(ino).or_default();
-            if let Some((backing, _)) = &entry.backing {
-                entry.passthrough += 1;
-                return reply.opened_passthrough(
-                    FileHandle(HANDLE_PASSTHROUGH),
-                    FopenFlags::empty(),
-                    backing,
-                );
-            }
-            if entry.cached > 0 || !self.passthrough.load(Ordering::Relaxed) {
-                entry.cached += 1;
-                return reply.opened(FileHandle(HANDLE_CACHED), FopenFlags::FOPEN_KEEP_CACHE);
-            }
-        }
+        // (The lock is held for this statement only.)
+        let Err(reply) = self.open_as_before(self.opens().entry(ino).or_default(), reply) else {
+            return;
+        };
         // Finding (and on first use checking) the copy takes a while: not under the lock.
         let copy = copies.open(ino);
         let mut opens = self.opens();
         let entry = opens.entry(ino).or_default();
-        if let Some((backing, _)) = &entry.backing {
-            entry.passthrough += 1;
-            return reply.opened_passthrough(
-                FileHandle(HANDLE_PASSTHROUGH),
-                FopenFlags::empty(),
-                backing,
-            );
-        }
-        if entry.cached == 0 && self.passthrough.load(Ordering::Relaxed) {
-            if let Some(copy) = copy {
-                match reply.open_backing(&copy) {
-                    Ok(backing) => {
-                        entry.passthrough = 1;
-                        reply.opened_passthrough(
-                            FileHandle(HANDLE_PASSTHROUGH),
-                            FopenFlags::empty(),
-                            &backing,
-                        );
-                        entry.backing = Some((backing, copy));
-                        return;
-                    }
-                    Err(error) => {
-                        self.passthrough.store(false, Ordering::Relaxed);
-                        tracing::warn!(%error, "the kernel refused a backing file; FUSE passthrough is off for this mount, every read is served by the mount");
-                    }
+        // Another open may have settled the mode meanwhile.
+        let Err(reply) = self.open_as_before(entry, reply) else {
+            return;
+        };
+        if let Some(copy) = copy {
+            match reply.open_backing(&copy) {
+                Ok(backing) => {
+                    entry.passthrough = 1;
+                    reply.opened_passthrough(
+                        FileHandle(HANDLE_PASSTHROUGH),
+                        FopenFlags::empty(),
+                        &backing,
+                    );
+                    entry.backing = Some((backing, copy));
+                    return;
                 }
-            } else {
-                copies.request(ino);
+                Err(error) => {
+                    self.passthrough.store(false, Ordering::Relaxed);
+                    tracing::warn!(%error, "the kernel refused a backing file; FUSE passthrough is off for this mount, every read is served by the mount");
+                }
             }
+        } else {
+            copies.request(ino);
         }
         entry.cached += 1;
         reply.opened(FileHandle(HANDLE_CACHED), FopenFlags::FOPEN_KEEP_CACHE)
+    }
+
+    /// Opens an inode already open in one mode in that mode (passthrough ones too after
+    /// passthrough was turned off: the kernel would refuse a cached open), and opens it cached
+    /// while passthrough is off. Hands `reply` back when the mode is still open to choose.
+    fn open_as_before(&self, entry: &mut InodeOpens, reply: ReplyOpen) -> Result<(), ReplyOpen> {
+        if let Some((backing, _)) = &entry.backing {
+            entry.passthrough += 1;
+            reply.opened_passthrough(FileHandle(HANDLE_PASSTHROUGH), FopenFlags::empty(), backing);
+            return Ok(());
+        }
+        if entry.cached > 0 || !self.passthrough.load(Ordering::Relaxed) {
+            entry.cached += 1;
+            reply.opened(FileHandle(HANDLE_CACHED), FopenFlags::FOPEN_KEEP_CACHE);
+            return Ok(());
+        }
+        Err(reply)
     }
 }
 
