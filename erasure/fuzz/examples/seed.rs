@@ -43,15 +43,7 @@ fn text(bytes: usize) -> Vec<u8> {
 }
 
 fn noise(seed: u64, bytes: usize) -> Vec<u8> {
-    let mut state = seed | 1;
-    (0..bytes)
-        .map(|_| {
-            state ^= state << 13;
-            state ^= state >> 7;
-            state ^= state << 17;
-            state as u8
-        })
-        .collect()
+    fixtures::bytes::xorshift_bytes(seed | 1, bytes)
 }
 
 fn shard_seeds() -> Vec<(String, Vec<u8>)> {
