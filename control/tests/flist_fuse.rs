@@ -314,6 +314,19 @@ fn zos(arguments: &[&std::ffi::OsStr]) -> String {
     String::from_utf8_lossy(&output.stdout).into_owned()
 }
 
+/// `zos flist pack SOURCE -o FLIST --store STORE`; returns what it printed.
+fn pack(source: &Path, flist: &Path, store: &str) -> String {
+    zos(&[
+        "flist".as_ref(),
+        "pack".as_ref(),
+        source.as_os_str(),
+        "-o".as_ref(),
+        flist.as_os_str(),
+        "--store".as_ref(),
+        store.as_ref(),
+    ])
+}
+
 #[test]
 fn pack_mount_unpack_and_corrupt_round_trip() {
     assert!(
@@ -334,15 +347,7 @@ fn pack_mount_unpack_and_corrupt_round_trip() {
     make_tree(&path("src"));
     let flist = path("tree.fl");
     let store = format!("dir://{}", path("store").display());
-    let summary = zos(&[
-        "flist".as_ref(),
-        "pack".as_ref(),
-        path("src").as_os_str(),
-        "-o".as_ref(),
-        flist.as_os_str(),
-        "--store".as_ref(),
-        store.as_ref(),
-    ]);
+    let summary = pack(&path("src"), &flist, &store);
     assert!(summary.contains("packed"), "{summary}");
     let listing = zos(&["flist".as_ref(), "ls".as_ref(), flist.as_os_str()]);
     assert!(
@@ -382,15 +387,7 @@ fn pack_mount_unpack_and_corrupt_round_trip() {
     std::fs::copy(path("src/size_1048577"), path("probe/f")).unwrap();
     let probe_store = path("probe-store");
     let probe_url = format!("dir://{}", probe_store.display());
-    zos(&[
-        "flist".as_ref(),
-        "pack".as_ref(),
-        path("probe").as_os_str(),
-        "-o".as_ref(),
-        path("probe.fl").as_os_str(),
-        "--store".as_ref(),
-        probe_url.as_ref(),
-    ]);
+    pack(&path("probe"), &path("probe.fl"), &probe_url);
     let mut corrupted = 0;
     for shard in std::fs::read_dir(&probe_store).unwrap() {
         for chunk in std::fs::read_dir(shard.unwrap().path()).unwrap() {
@@ -437,15 +434,7 @@ fn rw_mounts_write_to_the_upper_folder() {
     std::fs::write(path("src/base.txt"), "from the flist\n").unwrap();
     let flist = path("rw.fl");
     let store = format!("dir://{}", path("store").display());
-    zos(&[
-        "flist".as_ref(),
-        "pack".as_ref(),
-        path("src").as_os_str(),
-        "-o".as_ref(),
-        flist.as_os_str(),
-        "--store".as_ref(),
-        store.as_ref(),
-    ]);
+    pack(&path("src"), &flist, &store);
     let child = Command::new(ZOS)
         .args(["flist", "mount"])
         .arg(&flist)
@@ -552,15 +541,7 @@ fn files_read_whole_are_then_served_by_passthrough() {
     std::fs::write(path("src/small"), "small files are not copied\n").unwrap();
     let flist = path("p.fl");
     let store = format!("dir://{}", path("store").display());
-    zos(&[
-        "flist".as_ref(),
-        "pack".as_ref(),
-        path("src").as_os_str(),
-        "-o".as_ref(),
-        flist.as_os_str(),
-        "--store".as_ref(),
-        store.as_ref(),
-    ]);
+    pack(&path("src"), &flist, &store);
     let mount = Mount::start(&flist, &path("mnt"), &path("cache"));
     let mount_pid = mount.child.id();
 
