@@ -314,6 +314,20 @@ fn zos(arguments: &[&std::ffi::OsStr]) -> String {
     String::from_utf8_lossy(&output.stdout).into_owned()
 }
 
+/// A scratch folder for a FUSE test with `src`, `store`, `mnt` and `cache` in it; fails
+/// loudly without /dev/fuse.
+fn fuse_scratch() -> tempfile::TempDir {
+    assert!(
+        Path::new("/dev/fuse").exists(),
+        "this test needs /dev/fuse (CI runs as root with it)"
+    );
+    let scratch = tempfile::tempdir().unwrap();
+    for name in ["src", "store", "mnt", "cache"] {
+        std::fs::create_dir(scratch.path().join(name)).unwrap();
+    }
+    scratch
+}
+
 /// `zos flist pack SOURCE -o FLIST --store STORE`; returns what it printed.
 fn pack(source: &Path, flist: &Path, store: &str) -> String {
     zos(&[
@@ -329,21 +343,14 @@ fn pack(source: &Path, flist: &Path, store: &str) -> String {
 
 #[test]
 fn pack_mount_unpack_and_corrupt_round_trip() {
-    assert!(
-        Path::new("/dev/fuse").exists(),
-        "this test needs /dev/fuse (CI runs as root with it)"
-    );
     // SAFETY: geteuid has no arguments and cannot fail.
     let effective_user = unsafe { libc::geteuid() };
     assert_eq!(
         effective_user, 0,
         "this test needs root (mknod, chown, mount)"
     );
-    let scratch = tempfile::tempdir().unwrap();
+    let scratch = fuse_scratch();
     let path = |name: &str| scratch.path().join(name);
-    for name in ["src", "store", "mnt", "cache"] {
-        std::fs::create_dir(path(name)).unwrap();
-    }
     make_tree(&path("src"));
     let flist = path("tree.fl");
     let store = format!("dir://{}", path("store").display());
@@ -422,15 +429,8 @@ fn pack_mount_unpack_and_corrupt_round_trip() {
 
 #[test]
 fn rw_mounts_write_to_the_upper_folder() {
-    assert!(
-        Path::new("/dev/fuse").exists(),
-        "this test needs /dev/fuse (CI runs as root with it)"
-    );
-    let scratch = tempfile::tempdir().unwrap();
+    let scratch = fuse_scratch();
     let path = |name: &str| scratch.path().join(name);
-    for name in ["src", "store", "mnt", "cache"] {
-        std::fs::create_dir(path(name)).unwrap();
-    }
     std::fs::write(path("src/base.txt"), "from the flist\n").unwrap();
     let flist = path("rw.fl");
     let store = format!("dir://{}", path("store").display());
@@ -520,15 +520,8 @@ fn wait_for_files(folder: &Path, count: usize) -> Vec<PathBuf> {
 
 #[test]
 fn files_read_whole_are_then_served_by_passthrough() {
-    assert!(
-        Path::new("/dev/fuse").exists(),
-        "this test needs /dev/fuse (CI runs as root with it)"
-    );
-    let scratch = tempfile::tempdir().unwrap();
+    let scratch = fuse_scratch();
     let path = |name: &str| scratch.path().join(name);
-    for name in ["src", "store", "mnt", "cache"] {
-        std::fs::create_dir(path(name)).unwrap();
-    }
     let mebibyte = 1 << 20;
     let big = pattern(77, 3 * mebibyte + 5);
     std::fs::write(path("src/big"), &big).unwrap();
