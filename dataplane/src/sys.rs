@@ -3,10 +3,11 @@
 //! put a fault-injecting implementation in its place (see [`crate::fault`]).
 //!
 //! Two implementations:
-//! - [`UringIo`]: every read and write is an io_uring submission. Writes of one flush
-//!   (group commit: the records of many clients, of many namespaces) go in one submission and
-//!   their fdatasyncs in the next, so one sync covers the whole batch (the fdatasync of a
-//!   single file is a plain call on the calling thread: the ring would hand it to a worker).
+//! - [`UringIo`]: reads are io_uring submissions. Writes of one flush (group commit: the
+//!   records of many clients, of many namespaces) to several files go in one submission and
+//!   their fdatasyncs in the next, so one sync covers the whole batch. The writes and the
+//!   fdatasync of a single file are plain calls on the calling thread: the ring would hand
+//!   them to one of its workers (buffered writes and syncs cannot complete without blocking).
 //! - [`PosixIo`]: `pread`/`pwrite`/`fdatasync` on the calling thread (the flusher thread for
 //!   writes, the connection worker threads for reads), used when a ring cannot be set up
 //!   (old kernel, seccomp, `io_uring_disabled`). The choice is made once at start-up and logged.
@@ -185,8 +186,40 @@ fn run_ops(ring: &mut IoUring, ops: &mut [PendingOp]) -> io::Result<()> {
     Ok(())
 }
 
+/// fdatasyncs `files` in one submission (the ring's workers run them in parallel).
+fn sync_files(ring: &mut IoUring, files: &[&File]) -> io::Result<()> {
+    let mut syncs: Vec<PendingOp> = files
+        .iter()
+        .map(|file| PendingOp {
+            fd: file.as_raw_fd(),
+            offset: 0,
+            ptr: std::ptr::null_mut(),
+            remaining: 1,
+            kind: OpKind::DataSync,
+        })
+        .collect();
+    run_ops(ring, &mut syncs)
+}
+
 impl StorageIo for UringIo {
     fn write_batch(&self, writes: &[WriteRequest<'_>], sync: &[&File]) -> io::Result<()> {
+        // A buffered write that cannot complete without blocking (ext4 has no non-blocking
+        // buffered write path) is handed by the ring to one of its worker threads: for the
+        // writes of a single file, a plain call on this thread (already the flusher's, or the
+        // event loop's for a small round) saves that hand-off (measured: SET -P 16 about 15%
+        // faster, with and without `--sync`). Several files are written in parallel.
+        if let Some(first) = writes.first() {
+            let fd = first.file.as_raw_fd();
+            if writes.iter().all(|write| write.file.as_raw_fd() == fd) {
+                for write in writes {
+                    write.file.write_all_at(write.data, write.offset)?;
+                }
+                if let [file] = sync {
+                    return file.sync_data();
+                }
+                return Self::with_ring(|ring| sync_files(ring, sync));
+            }
+        }
         Self::with_ring(|ring| {
             let mut ops: Vec<PendingOp> = writes
                 .iter()
@@ -206,17 +239,7 @@ impl StorageIo for UringIo {
             if let [file] = sync {
                 return file.sync_data();
             }
-            let mut syncs: Vec<PendingOp> = sync
-                .iter()
-                .map(|file| PendingOp {
-                    fd: file.as_raw_fd(),
-                    offset: 0,
-                    ptr: std::ptr::null_mut(),
-                    remaining: 1,
-                    kind: OpKind::DataSync,
-                })
-                .collect();
-            run_ops(ring, &mut syncs)
+            sync_files(ring, sync)
         })
     }
 
@@ -324,22 +347,31 @@ mod tests {
 
     #[test]
     fn uring_many_writes_span_rounds() {
-        let (_dir, file) = scratch_file();
+        // Two files, so that the writes go through the ring (one file's are plain calls),
+        // more of them than one submission holds.
+        let (_dir, first) = scratch_file();
+        let (_other_dir, second) = scratch_file();
         let chunks: Vec<Vec<u8>> = (0..1000u32).map(|i| i.to_le_bytes().to_vec()).collect();
         let writes: Vec<WriteRequest<'_>> = chunks
             .iter()
             .enumerate()
             .map(|(i, data)| WriteRequest {
-                file: &file,
-                offset: i as u64 * 4,
+                file: if i % 2 == 0 { &first } else { &second },
+                offset: (i / 2) as u64 * 4,
                 data,
             })
             .collect();
-        UringIo::new().write_batch(&writes, &[&file]).unwrap();
-        let mut buf = vec![0u8; 4000];
-        UringIo::new().read_exact_at(&file, 0, &mut buf).unwrap();
-        for i in 0..1000u32 {
-            assert_eq!(&buf[i as usize * 4..i as usize * 4 + 4], &i.to_le_bytes());
+        UringIo::new()
+            .write_batch(&writes, &[&first, &second])
+            .unwrap();
+        for (parity, file) in [&first, &second].into_iter().enumerate() {
+            let mut buf = vec![0u8; 2000];
+            UringIo::new().read_exact_at(file, 0, &mut buf).unwrap();
+            for slot in 0..500u32 {
+                let i = slot * 2 + parity as u32;
+                let at = slot as usize * 4;
+                assert_eq!(&buf[at..at + 4], &i.to_le_bytes());
+            }
         }
     }
 }
