@@ -1,13 +1,19 @@
-//! `cache`: recently read values kept in memory, so that hot reads need no disk read at all.
-//! Bounded in bytes; first in, first out (cheap, and records never change, so there is
-//! nothing to invalidate but what FLUSH and namespace deletion throw away). A value is kept
-//! only once its record was read back and verified; writes do not fill the cache (a value
-//! still pending is served from the pending buffer).
+//! `cache`: what reads are served from without a disk read, bounded in bytes, first in first
+//! out (cheap, and records never change, so there is nothing to invalidate but what FLUSH,
+//! compaction and namespace deletion throw away). Two kinds of memory:
+//!
+//! - **values** read back from disk and verified, one copy each;
+//! - **written buffers**: the buffers of the latest write rounds, kept as they were handed to
+//!   the kernel, so that reading what was just written (the common case of a key-value store)
+//!   costs neither a system call nor a copy into the cache. They take at most half of the
+//!   share. Like records still pending, they are the engine's own bytes, never read back
+//!   from storage: a read checks their layout and key, not their checksums.
 //!
 //! One budget covers the whole server: each namespace's cache may hold an equal share of it,
 //! so adding namespaces shrinks the shares and never grows the total.
 
 use std::collections::{HashMap, VecDeque};
+use std::ops::Range;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 
@@ -47,11 +53,29 @@ pub fn place(segment: u32, offset: u32) -> u64 {
     (u64::from(segment) << 32) | u64::from(offset)
 }
 
+/// One kept write buffer: `data` is the segment's bytes from `offset` on.
+#[derive(Debug)]
+struct WrittenBuffer {
+    segment: u32,
+    offset: u64,
+    data: Arc<Vec<u8>>,
+}
+
+impl WrittenBuffer {
+    /// Bytes counted against the bound: the whole allocation.
+    fn cost(&self) -> usize {
+        self.data.capacity() + ENTRY_OVERHEAD_BYTES
+    }
+}
+
 #[derive(Debug)]
 pub struct ValueCache {
     values: HashMap<u64, Arc<[u8]>, foldhash::fast::RandomState>,
     order: VecDeque<u64>,
     bytes: usize,
+    /// In log order: (segment, offset) strictly increasing.
+    written: VecDeque<WrittenBuffer>,
+    written_bytes: usize,
     budget: Arc<CacheBudget>,
 }
 
@@ -61,6 +85,8 @@ impl ValueCache {
             values: HashMap::default(),
             order: VecDeque::new(),
             bytes: 0,
+            written: VecDeque::new(),
+            written_bytes: 0,
             budget,
         }
     }
@@ -89,14 +115,72 @@ impl ValueCache {
         self.bytes += cost;
     }
 
+    /// Keeps a buffer just written at `offset` of `segment`, evicting the oldest buffers
+    /// beyond half the share. A buffer mostly empty is copied to its length first, so that a
+    /// few small records never pin a large allocation.
+    pub fn keep_written(&mut self, segment: u32, offset: u64, data: &Arc<Vec<u8>>) {
+        let bytes_max = self.budget.share_bytes() / 2;
+        if data.is_empty() {
+            return;
+        }
+        let data = if data.len() * 2 < data.capacity() {
+            Arc::new(data.as_slice().to_vec())
+        } else {
+            Arc::clone(data)
+        };
+        let buffer = WrittenBuffer {
+            segment,
+            offset,
+            data,
+        };
+        if buffer.cost() > bytes_max / 4 {
+            return;
+        }
+        // Kept in log order, so that a lookup can bisect: a buffer that does not extend the
+        // order (compaction's output lives in lower segment ids) starts over.
+        if self
+            .written
+            .back()
+            .is_some_and(|last| (last.segment, last.offset) >= (segment, offset))
+        {
+            self.written.clear();
+            self.written_bytes = 0;
+        }
+        self.written_bytes += buffer.cost();
+        self.written.push_back(buffer);
+        while self.written_bytes > bytes_max {
+            let Some(oldest) = self.written.pop_front() else {
+                break;
+            };
+            self.written_bytes -= oldest.cost();
+        }
+    }
+
+    /// The bytes `range` of `segment`, when a kept write buffer holds all of them.
+    pub fn written(&self, segment: u32, range: Range<u64>) -> Option<&[u8]> {
+        let after = self
+            .written
+            .partition_point(|b| (b.segment, b.offset) <= (segment, range.start));
+        let buffer = self.written.get(after.checked_sub(1)?)?;
+        if buffer.segment != segment {
+            return None;
+        }
+        let start = usize::try_from(range.start - buffer.offset).ok()?;
+        let end = usize::try_from(range.end - buffer.offset).ok()?;
+        buffer.data.get(start..end)
+    }
+
     pub fn clear(&mut self) {
         self.values.clear();
         self.order.clear();
         self.bytes = 0;
+        self.written.clear();
+        self.written_bytes = 0;
     }
 
+    /// Bytes held: values and kept write buffers.
     pub fn bytes(&self) -> usize {
-        self.bytes
+        self.bytes + self.written_bytes
     }
 }
 
@@ -126,5 +210,49 @@ mod tests {
         let mut off = ValueCache::new(CacheBudget::new(0));
         off.insert(place(1, 1), b"x");
         assert!(off.get(place(1, 1)).is_none());
+        off.keep_written(1, 0, &Arc::new(vec![1u8; 10]));
+        assert!(off.written(1, 0..1).is_none());
+    }
+
+    #[test]
+    fn written_buffers_are_found_by_place_and_bounded() {
+        let budget = CacheBudget::new(1024 * 1024);
+        let mut cache = ValueCache::new(budget);
+        let buffer = |fill: u8, len: usize| {
+            let mut data = Vec::with_capacity(len);
+            data.resize(len, fill);
+            Arc::new(data)
+        };
+        cache.keep_written(1, 100, &buffer(1, 1000));
+        cache.keep_written(1, 1100, &buffer(2, 1000));
+        cache.keep_written(2, 50, &buffer(3, 1000));
+        assert_eq!(cache.written(1, 100..110), Some(&[1u8; 10][..]));
+        assert_eq!(cache.written(1, 1099..1100), Some(&[1u8][..]));
+        assert_eq!(cache.written(1, 1100..2100), Some(&[2u8; 1000][..]));
+        // Straddling two buffers, before the first, past the end, in a gap, another segment.
+        assert!(cache.written(1, 1090..1110).is_none());
+        assert!(cache.written(1, 0..10).is_none());
+        assert!(cache.written(1, 2090..2110).is_none());
+        assert!(cache.written(2, 0..10).is_none());
+        assert!(cache.written(3, 0..10).is_none());
+        assert_eq!(cache.written(2, 50..60), Some(&[3u8; 10][..]));
+        // Out of log order: the older buffers go.
+        cache.keep_written(1, 5000, &buffer(4, 1000));
+        assert!(cache.written(2, 50..60).is_none());
+        assert_eq!(cache.written(1, 5000..5001), Some(&[4u8][..]));
+        // At most half of the share: the oldest are evicted.
+        for i in 0..1000u64 {
+            cache.keep_written(5, i * 4096, &buffer(5, 4096));
+            assert!(cache.bytes() <= 512 * 1024);
+        }
+        assert!(cache.written(5, 0..10).is_none());
+        assert!(cache.written(5, 999 * 4096..999 * 4096 + 10).is_some());
+        // A mostly empty allocation is not pinned: it is kept at its length.
+        let mut sparse = Vec::with_capacity(64 * 1024);
+        sparse.extend_from_slice(&[6u8; 100]);
+        cache.clear();
+        cache.keep_written(6, 0, &Arc::new(sparse));
+        assert!(cache.bytes() < 1024);
+        assert_eq!(cache.written(6, 0..100), Some(&[6u8; 100][..]));
     }
 }

@@ -159,6 +159,7 @@ where
         if read == 0 {
             return Ok(());
         }
+        prefetch_pipeline(state, &session, &input, &mut ranges, &mut inline);
         let mut wrote = false;
         let mut executed = 0u64;
         loop {
@@ -208,6 +209,40 @@ where
         if session.closing {
             return Ok(());
         }
+    }
+}
+
+/// Keys a pipeline prefetches at most.
+const PREFETCH_KEYS_MAX: usize = 64;
+
+/// When `input` holds several commands, hands the keys of its GETs and SETs to the engine to
+/// prefetch (see `Engine::prefetch`). Only a hint: parsing stops at anything unusual.
+fn prefetch_pipeline(
+    state: &ServerState,
+    session: &Session,
+    input: &[u8],
+    ranges: &mut Vec<std::ops::Range<usize>>,
+    inline: &mut Vec<u8>,
+) {
+    let mut keys: smallvec::SmallVec<[&[u8]; PREFETCH_KEYS_MAX]> = smallvec::SmallVec::new();
+    let mut at = 0;
+    let mut needed = 0;
+    while keys.len() < PREFETCH_KEYS_MAX {
+        let Ok(Some((consumed, false))) =
+            frame::parse_command_sized(&input[at..], ranges, inline, &mut needed)
+        else {
+            break;
+        };
+        if ranges.len() >= 2 {
+            let name = &input[at + ranges[0].start..at + ranges[0].end];
+            if name.eq_ignore_ascii_case(b"GET") || name.eq_ignore_ascii_case(b"SET") {
+                keys.push(&input[at + ranges[1].start..at + ranges[1].end]);
+            }
+        }
+        at += consumed;
+    }
+    if keys.len() > 1 {
+        state.engine.prefetch(&session.namespace, &keys);
     }
 }
 

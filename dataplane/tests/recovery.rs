@@ -449,3 +449,90 @@ fn on_a_slow_disk_sync_rounds_leave_the_event_loop_free() {
     });
     assert_eq!(engine.get(&ns, b"second").unwrap(), Some(b"value".to_vec()));
 }
+
+/// Forwards to positional I/O and counts the reads.
+#[derive(Debug, Default)]
+struct CountingIo {
+    reads: std::sync::atomic::AtomicUsize,
+}
+
+impl StorageIo for CountingIo {
+    fn write_batch(
+        &self,
+        writes: &[dataplane::sys::WriteRequest<'_>],
+        sync: &[&std::fs::File],
+    ) -> std::io::Result<()> {
+        PosixIo.write_batch(writes, sync)
+    }
+
+    fn read_exact_at(
+        &self,
+        file: &std::fs::File,
+        offset: u64,
+        buf: &mut [u8],
+    ) -> std::io::Result<()> {
+        self.reads
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        PosixIo.read_exact_at(file, offset, buf)
+    }
+
+    fn name(&self) -> &'static str {
+        "counting"
+    }
+}
+
+#[test]
+fn just_written_records_are_read_from_memory_and_match_the_disk() {
+    // The write buffers a round handed to the kernel stay readable: reading what was just
+    // written costs no disk read. Without a cache every read goes to the file, with the same
+    // answers; FLUSH and compaction throw the buffers away with what they describe.
+    for cache_bytes in [256 * 1024 * 1024, 0] {
+        let dir = tempfile::tempdir().unwrap();
+        let mut config = config(dir.path());
+        config.durability = Durability::Periodic(Duration::from_secs(60));
+        config.cache_bytes_max = cache_bytes;
+        let io = Arc::new(CountingIo::default());
+        let engine = Engine::open(config, Arc::clone(&io) as Arc<dyn StorageIo>).unwrap();
+        let ns = engine.namespace(DEFAULT_NAMESPACE).unwrap();
+        let mut rng = rand::rngs::StdRng::seed_from_u64(11);
+        let mut model: BTreeMap<Vec<u8>, Vec<u8>> = BTreeMap::new();
+        let mut last_ticket = 0;
+        for i in 0..3000 {
+            let key = format!("key-{}", i % 1000).into_bytes();
+            let value: Vec<u8> = (0..rng.gen_range(1..3000)).map(|_| rng.gen()).collect();
+            if let SetOutcome::Stored { ticket, .. } = engine.set(&ns, &key, &value, None).unwrap()
+            {
+                last_ticket = ticket;
+                if i % 100 == 99 {
+                    block_on(engine.commit(ticket)).unwrap();
+                }
+            }
+            model.insert(key, value);
+        }
+        // Everything written (nothing left pending, which would be served from memory anyway).
+        block_on(engine.commit(last_ticket)).unwrap();
+        let reads_before = io.reads.load(std::sync::atomic::Ordering::Relaxed);
+        for (key, value) in &model {
+            assert_eq!(engine.get(&ns, key).unwrap().as_ref(), Some(value));
+        }
+        let reads = io.reads.load(std::sync::atomic::Ordering::Relaxed) - reads_before;
+        if cache_bytes > 0 {
+            assert_eq!(reads, 0, "reads of just-written records went to the disk");
+        } else {
+            assert_eq!(
+                reads,
+                model.len(),
+                "without a cache every read is a disk read"
+            );
+        }
+        engine.compact(&ns).unwrap();
+        for (key, value) in &model {
+            assert_eq!(engine.get(&ns, key).unwrap().as_ref(), Some(value));
+        }
+        engine.flush_namespace(&ns).unwrap();
+        for key in model.keys() {
+            assert_eq!(engine.get(&ns, key).unwrap(), None);
+        }
+        engine.shutdown();
+    }
+}

@@ -97,8 +97,9 @@ struct Args {
     /// a work-stealing pool. Disk writes, syncs and slow admin commands have threads of their own.
     #[arg(long, default_value_t = 1, value_name = "COUNT")]
     threads: usize,
-    /// Bytes of recently read values kept in memory by the whole server, shared equally by
-    /// its namespaces (0: no cache).
+    /// Bytes of memory for reads by the whole server, shared equally by its namespaces:
+    /// recently read values, and the latest written buffers (at most half), so that reading
+    /// what was just written needs no disk read (0: no cache).
     #[arg(long, default_value_t = dataplane::cache::CACHE_BYTES_DEFAULT, value_name = "BYTES")]
     cache_size: usize,
     /// Compact a namespace by itself once this share of its log (over 64 MiB) is garbage
