@@ -379,20 +379,22 @@ fn large_and_small_records_interleaved_read_back_before_and_after_restart() {
     engine.verify(&ns).unwrap();
 }
 
-/// Positional I/O whose every fdatasync takes `delay` more: a slow disk.
-#[derive(Debug)]
-struct SlowSyncIo {
-    delay: Duration,
+/// Positional I/O that counts its reads and makes every fdatasync take `sync_delay` more
+/// (a slow disk).
+#[derive(Debug, Default)]
+struct ProbeIo {
+    sync_delay: Duration,
+    reads: std::sync::atomic::AtomicUsize,
 }
 
-impl StorageIo for SlowSyncIo {
+impl StorageIo for ProbeIo {
     fn write_batch(
         &self,
         writes: &[dataplane::sys::WriteRequest<'_>],
         sync: &[&std::fs::File],
     ) -> std::io::Result<()> {
         if !sync.is_empty() {
-            std::thread::sleep(self.delay);
+            std::thread::sleep(self.sync_delay);
         }
         PosixIo.write_batch(writes, sync)
     }
@@ -403,11 +405,13 @@ impl StorageIo for SlowSyncIo {
         offset: u64,
         buf: &mut [u8],
     ) -> std::io::Result<()> {
+        self.reads
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         PosixIo.read_exact_at(file, offset, buf)
     }
 
     fn name(&self) -> &'static str {
-        "slow-sync"
+        "probe"
     }
 }
 
@@ -418,8 +422,9 @@ fn on_a_slow_disk_sync_rounds_leave_the_event_loop_free() {
     let dir = tempfile::tempdir().unwrap();
     let engine = Engine::open(
         config(dir.path()),
-        Arc::new(SlowSyncIo {
-            delay: Duration::from_millis(300),
+        Arc::new(ProbeIo {
+            sync_delay: Duration::from_millis(300),
+            ..ProbeIo::default()
         }),
     )
     .unwrap();
@@ -450,37 +455,6 @@ fn on_a_slow_disk_sync_rounds_leave_the_event_loop_free() {
     assert_eq!(engine.get(&ns, b"second").unwrap(), Some(b"value".to_vec()));
 }
 
-/// Forwards to positional I/O and counts the reads.
-#[derive(Debug, Default)]
-struct CountingIo {
-    reads: std::sync::atomic::AtomicUsize,
-}
-
-impl StorageIo for CountingIo {
-    fn write_batch(
-        &self,
-        writes: &[dataplane::sys::WriteRequest<'_>],
-        sync: &[&std::fs::File],
-    ) -> std::io::Result<()> {
-        PosixIo.write_batch(writes, sync)
-    }
-
-    fn read_exact_at(
-        &self,
-        file: &std::fs::File,
-        offset: u64,
-        buf: &mut [u8],
-    ) -> std::io::Result<()> {
-        self.reads
-            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        PosixIo.read_exact_at(file, offset, buf)
-    }
-
-    fn name(&self) -> &'static str {
-        "counting"
-    }
-}
-
 #[test]
 fn just_written_records_are_read_from_memory_and_match_the_disk() {
     // The write buffers a round handed to the kernel stay readable: reading what was just
@@ -491,7 +465,7 @@ fn just_written_records_are_read_from_memory_and_match_the_disk() {
         let mut config = config(dir.path());
         config.durability = Durability::Periodic(Duration::from_secs(60));
         config.cache_bytes_max = cache_bytes;
-        let io = Arc::new(CountingIo::default());
+        let io = Arc::new(ProbeIo::default());
         let engine = Engine::open(config, Arc::clone(&io) as Arc<dyn StorageIo>).unwrap();
         let ns = engine.namespace(DEFAULT_NAMESPACE).unwrap();
         let mut rng = rand::rngs::StdRng::seed_from_u64(11);
