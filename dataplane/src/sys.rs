@@ -214,10 +214,11 @@ impl StorageIo for UringIo {
                 for write in writes {
                     write.file.write_all_at(write.data, write.offset)?;
                 }
-                if let [file] = sync {
-                    return file.sync_data();
-                }
-                return Self::with_ring(|ring| sync_files(ring, sync));
+                return match sync {
+                    [] => Ok(()),
+                    [file] => file.sync_data(),
+                    _ => Self::with_ring(|ring| sync_files(ring, sync)),
+                };
             }
         }
         Self::with_ring(|ring| {
