@@ -3,10 +3,10 @@
 //! compaction and namespace deletion throw away). Two kinds of memory:
 //!
 //! - **values** read back from disk and verified, one copy each;
-//! - **written buffers**: the buffers of the latest write rounds, kept as they were handed to
-//!   the kernel, so that reading what was just written (the common case of a key-value store)
-//!   costs neither a system call nor a copy into the cache. They take at most half of the
-//!   share. Like records still pending, they are the engine's own bytes, never read back
+//! - **written buffers**: copies of the buffers of the latest write rounds (made by the
+//!   flusher, so that the event loop's next buffers reuse memory still in the CPU's cache),
+//!   so that reading what was just written (the common case of a key-value store) costs
+//!   neither a system call nor a copy per value. They take at most half of the share. Like records still pending, they are the engine's own bytes, never read back
 //!   from storage: a read checks their layout and key, not their checksums.
 //!
 //! One budget covers the whole server: each namespace's cache may hold an equal share of it,
@@ -58,7 +58,7 @@ pub fn place(segment: u32, offset: u32) -> u64 {
 struct WrittenBuffer {
     segment: u32,
     offset: u64,
-    data: Arc<Vec<u8>>,
+    data: Vec<u8>,
 }
 
 impl WrittenBuffer {
@@ -115,19 +115,13 @@ impl ValueCache {
         self.bytes += cost;
     }
 
-    /// Keeps a buffer just written at `offset` of `segment`, evicting the oldest buffers
-    /// beyond half the share. A buffer mostly empty is copied to its length first, so that a
-    /// few small records never pin a large allocation.
-    pub fn keep_written(&mut self, segment: u32, offset: u64, data: &Arc<Vec<u8>>) {
+    /// Keeps a copy of a buffer just written at `offset` of `segment`, evicting the oldest
+    /// buffers beyond half the share.
+    pub fn keep_written(&mut self, segment: u32, offset: u64, data: Vec<u8>) {
         let bytes_max = self.budget.share_bytes() / 2;
         if data.is_empty() {
             return;
         }
-        let data = if data.len() * 2 < data.capacity() {
-            Arc::new(data.as_slice().to_vec())
-        } else {
-            Arc::clone(data)
-        };
         let buffer = WrittenBuffer {
             segment,
             offset,
@@ -210,7 +204,7 @@ mod tests {
         let mut off = ValueCache::new(CacheBudget::new(0));
         off.insert(place(1, 1), b"x");
         assert!(off.get(place(1, 1)).is_none());
-        off.keep_written(1, 0, &Arc::new(vec![1u8; 10]));
+        off.keep_written(1, 0, vec![1u8; 10]);
         assert!(off.written(1, 0..1).is_none());
     }
 
@@ -218,14 +212,10 @@ mod tests {
     fn written_buffers_are_found_by_place_and_bounded() {
         let budget = CacheBudget::new(1024 * 1024);
         let mut cache = ValueCache::new(budget);
-        let buffer = |fill: u8, len: usize| {
-            let mut data = Vec::with_capacity(len);
-            data.resize(len, fill);
-            Arc::new(data)
-        };
-        cache.keep_written(1, 100, &buffer(1, 1000));
-        cache.keep_written(1, 1100, &buffer(2, 1000));
-        cache.keep_written(2, 50, &buffer(3, 1000));
+        let buffer = |fill: u8, len: usize| vec![fill; len];
+        cache.keep_written(1, 100, buffer(1, 1000));
+        cache.keep_written(1, 1100, buffer(2, 1000));
+        cache.keep_written(2, 50, buffer(3, 1000));
         assert_eq!(cache.written(1, 100..110), Some(&[1u8; 10][..]));
         assert_eq!(cache.written(1, 1099..1100), Some(&[1u8][..]));
         assert_eq!(cache.written(1, 1100..2100), Some(&[2u8; 1000][..]));
@@ -237,22 +227,18 @@ mod tests {
         assert!(cache.written(3, 0..10).is_none());
         assert_eq!(cache.written(2, 50..60), Some(&[3u8; 10][..]));
         // Out of log order: the older buffers go.
-        cache.keep_written(1, 5000, &buffer(4, 1000));
+        cache.keep_written(1, 5000, buffer(4, 1000));
         assert!(cache.written(2, 50..60).is_none());
         assert_eq!(cache.written(1, 5000..5001), Some(&[4u8][..]));
         // At most half of the share: the oldest are evicted.
         for i in 0..1000u64 {
-            cache.keep_written(5, i * 4096, &buffer(5, 4096));
+            cache.keep_written(5, i * 4096, buffer(5, 4096));
             assert!(cache.bytes() <= 512 * 1024);
         }
         assert!(cache.written(5, 0..10).is_none());
         assert!(cache.written(5, 999 * 4096..999 * 4096 + 10).is_some());
-        // A mostly empty allocation is not pinned: it is kept at its length.
-        let mut sparse = Vec::with_capacity(64 * 1024);
-        sparse.extend_from_slice(&[6u8; 100]);
         cache.clear();
-        cache.keep_written(6, 0, &Arc::new(sparse));
-        assert!(cache.bytes() < 1024);
-        assert_eq!(cache.written(6, 0..100), Some(&[6u8; 100][..]));
+        assert_eq!(cache.bytes(), 0);
+        assert!(cache.written(5, 999 * 4096..999 * 4096 + 10).is_none());
     }
 }

@@ -788,6 +788,61 @@ impl Engine {
         value: &[u8],
         timestamp_s: Option<u32>,
     ) -> Result<SetOutcome> {
+        let timestamp_us = timestamp_s
+            .map(|s| s as u64 * 1_000_000)
+            .unwrap_or_else(now_us);
+        let mut guard = Some(lock(&namespace.state));
+        let result = self.set_locked(namespace, &mut guard, key, value, timestamp_us);
+        self.release_after_writes(guard);
+        result
+    }
+
+    /// [`Engine::set`] for each `(key, value)` of `items`, in order, under one acquisition of
+    /// the namespace lock and with one timestamp: a pipeline of SETs pays for the lock (two
+    /// full memory barriers, each waiting for the stores before it) once instead of once per
+    /// SET. `outcome` gets each key and result, the lock held (it must be quick).
+    pub fn set_many<'k>(
+        &self,
+        namespace: &Namespace,
+        items: impl IntoIterator<Item = (&'k [u8], &'k [u8])>,
+        mut outcome: impl FnMut(&'k [u8], Result<SetOutcome>),
+    ) {
+        let timestamp_us = now_us();
+        let mut guard = Some(lock(&namespace.state));
+        for (key, value) in items {
+            if guard.is_none() {
+                guard = Some(lock(&namespace.state));
+            }
+            outcome(
+                key,
+                self.set_locked(namespace, &mut guard, key, value, timestamp_us),
+            );
+        }
+        self.release_after_writes(guard);
+    }
+
+    /// Drops the namespace lock after writes, waking the flusher when they piled up.
+    fn release_after_writes(&self, guard: Option<MutexGuard<'_, NsState>>) {
+        let wake = guard
+            .as_ref()
+            .is_some_and(|state| state.pending_bytes >= FLUSHER_WAKE_BYTES);
+        drop(guard);
+        if wake {
+            self.wake_flusher();
+        }
+    }
+
+    /// The body of [`Engine::set`], `guard` holding the namespace lock. Comparing with a
+    /// stored value may have to release it (to read the record): then `guard` is left `None`
+    /// or holds the lock taken again.
+    fn set_locked<'a>(
+        &self,
+        namespace: &'a Namespace,
+        guard: &mut Option<MutexGuard<'a, NsState>>,
+        key: &[u8],
+        value: &[u8],
+        timestamp_us: u64,
+    ) -> Result<SetOutcome> {
         if key.len() > KEY_BYTES_MAX {
             return Err(EngineError::KeyTooLong(key.len()));
         }
@@ -795,7 +850,46 @@ impl Engine {
             return Err(EngineError::ValueTooLarge(value.len()));
         }
         self.check_failed()?;
+        let Some(mut state) = guard.take() else {
+            return Err(EngineError::Failed("namespace lock not held".into()));
+        };
+        let stored = self.store_locked(namespace, &mut state, key, value, timestamp_us, true);
+        let old = match stored {
+            Ok(None) => state.index.get(key).copied(),
+            _ => None,
+        };
+        let Some(old) = old else {
+            *guard = Some(state);
+            return stored.and_then(|outcome| {
+                outcome.ok_or_else(|| EngineError::Failed("compared a missing key".into()))
+            });
+        };
+        // The key holds a value of the same length and crc: probably the same value. Compare
+        // the bytes to be sure (reading them may need the lock released).
+        let (record_bytes, _) = self.read_record_locked(namespace, state, key, old)?;
+        if &record_bytes[HEADER_BYTES + key.len()..] == value {
+            return Ok(SetOutcome::Unchanged);
+        }
+        // Only while the lock was released can the key have changed: decide afresh, without
+        // comparing again.
         let mut state = lock(&namespace.state);
+        let stored = self.store_locked(namespace, &mut state, key, value, timestamp_us, false);
+        *guard = Some(state);
+        stored
+            .and_then(|outcome| outcome.ok_or_else(|| EngineError::Failed("compared twice".into())))
+    }
+
+    /// Stores `value` under `key`, the lock held. `Ok(None)`: with `compare`, the key holds a
+    /// value of the same length and crc, to be compared before anything is written.
+    fn store_locked(
+        &self,
+        namespace: &Namespace,
+        state: &mut MutexGuard<'_, NsState>,
+        key: &[u8],
+        value: &[u8],
+        timestamp_us: u64,
+        compare: bool,
+    ) -> Result<Option<SetOutcome>> {
         state.writable()?;
         let new_id = state.next_id.to_le_bytes();
         let key_owned: &[u8] = match state.settings.mode {
@@ -814,39 +908,23 @@ impl Engine {
             if state.settings.worm {
                 return Err(EngineError::Worm);
             }
-            if old.value_len() as usize == value.len()
+            if compare
+                && old.value_len() as usize == value.len()
                 && old.value_crc == value_crc
                 && !old.is_damaged()
             {
-                // Probably the same value: compare the bytes to be sure.
-                let (record_bytes, _) =
-                    self.read_record_locked(namespace, state, key_owned, old)?;
-                let same = &record_bytes[HEADER_BYTES + key_owned.len()..] == value;
-                if same {
-                    return Ok(SetOutcome::Unchanged);
-                }
-                state = lock(&namespace.state);
-                state.writable()?;
+                return Ok(None);
             }
         }
-        // Only after the comparison above released the lock can the key have changed.
-        let previous = if previous.is_some() {
-            state.index.get(key_owned).copied()
-        } else {
-            previous
-        };
         let freed = previous.map(|old| old.value_len() as u64).unwrap_or(0);
         if state.settings.maxsize > 0
             && state.live_bytes - freed + value.len() as u64 > state.settings.maxsize
         {
             return Err(EngineError::NamespaceFull(state.settings.maxsize));
         }
-        let timestamp_us = timestamp_s
-            .map(|s| s as u64 * 1_000_000)
-            .unwrap_or_else(now_us);
         let (prev_segment, prev_offset) = previous.map(|e| (e.segment, e.offset)).unwrap_or((0, 0));
         let (segment_id, offset) = self.append(
-            &mut state,
+            state,
             namespace,
             &NewRecord {
                 flags: 0,
@@ -871,15 +949,10 @@ impl Engine {
         });
         state.index.insert(Key::new(key_owned), entry);
         let ticket = self.round_epoch.load(Ordering::Acquire) + 1;
-        let wake = state.pending_bytes >= FLUSHER_WAKE_BYTES;
-        drop(state);
-        if wake {
-            self.wake_flusher();
-        }
-        Ok(SetOutcome::Stored {
+        Ok(Some(SetOutcome::Stored {
             assigned_id,
             ticket,
-        })
+        }))
     }
 
     /// Deletes `key`: writes a tombstone. Returns the write ticket.
@@ -2489,7 +2562,13 @@ impl Engine {
         drop(writes);
         // Release the written buffers; the read cache keeps them (reads of what was just
         // written are the common case).
+        let keep = result.is_ok() && self.cache_budget.share_bytes() > 0;
         for (namespace, _, offset, data) in &batch {
+            // The cache keeps a copy, made here off the lock: the buffer itself goes back to
+            // the allocator, so that the next pending chunk reuses memory still in the CPU's
+            // cache instead of touching fresh memory (measured: keeping the buffers themselves
+            // made SET -P 16's appends wait on their stores, about 6% of a SET).
+            let copy = keep.then(|| data.as_slice().to_vec());
             let mut state = lock(&namespace.state);
             let mut released = 0usize;
             let mut segment = None;
@@ -2503,8 +2582,8 @@ impl Engine {
                 !written
             });
             state.pending_bytes = state.pending_bytes.saturating_sub(released);
-            if let (Some(segment), Ok(())) = (segment, &result) {
-                state.cache.keep_written(segment, *offset, data);
+            if let (Some(segment), Some(copy)) = (segment, copy) {
+                state.cache.keep_written(segment, *offset, copy);
             }
         }
         round.rounds += 1;

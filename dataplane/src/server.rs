@@ -165,6 +165,30 @@ where
         loop {
             match frame::parse_command_sized(&input, &mut ranges, &mut inline, &mut needed_bytes) {
                 Ok(Some((consumed, is_inline))) => {
+                    let before = session.pending_ticket;
+                    let run = if is_inline {
+                        None
+                    } else {
+                        run_plain_sets(
+                            state,
+                            &mut session,
+                            &input,
+                            consumed,
+                            &mut ranges,
+                            &mut inline,
+                            &mut out,
+                        )
+                    };
+                    if let Some((run_bytes, count)) = run {
+                        wrote |= session.pending_ticket != before;
+                        executed += count;
+                        input.advance(run_bytes);
+                        if out.len() >= REPLY_FLUSH_BYTES {
+                            flush_replies(state, &mut session, stream, &mut out, wrote).await?;
+                            wrote = false;
+                        }
+                        continue;
+                    }
                     {
                         let source: &[u8] = if is_inline { &inline } else { &input };
                         let args: smallvec::SmallVec<[&[u8]; 8]> =
@@ -210,6 +234,58 @@ where
             return Ok(());
         }
     }
+}
+
+/// Plain SETs run under one acquisition of the namespace lock at most.
+const SET_RUN_MAX: usize = 64;
+
+/// When the command at the front of `input` (its `consumed` bytes parsed into `ranges`) is a
+/// plain SET, runs it with the plain SETs right after it (`commands::execute_sets`) and
+/// returns the bytes and the number of commands they took.
+fn run_plain_sets(
+    state: &ServerState,
+    session: &mut Session,
+    input: &[u8],
+    consumed: usize,
+    ranges: &mut Vec<std::ops::Range<usize>>,
+    inline: &mut Vec<u8>,
+    out: &mut Vec<u8>,
+) -> Option<(usize, u64)> {
+    let plain_set = |session: &Session, input: &[u8], ranges: &[std::ops::Range<usize>]| {
+        let args: smallvec::SmallVec<[&[u8]; 3]> =
+            ranges.iter().map(|r| &input[r.clone()]).collect();
+        commands::is_plain_set(session, &args)
+    };
+    if !plain_set(session, input, ranges) {
+        return None;
+    }
+    let mut sets: smallvec::SmallVec<
+        [(std::ops::Range<usize>, std::ops::Range<usize>); SET_RUN_MAX],
+    > = smallvec::smallvec![(ranges[1].clone(), ranges[2].clone())];
+    let mut at = consumed;
+    let mut needed = 0;
+    while sets.len() < SET_RUN_MAX {
+        let Ok(Some((next, false))) =
+            frame::parse_command_sized(&input[at..], ranges, inline, &mut needed)
+        else {
+            break;
+        };
+        if !plain_set(session, &input[at..], ranges) {
+            break;
+        }
+        let shift = |r: &std::ops::Range<usize>| r.start + at..r.end + at;
+        sets.push((shift(&ranges[1]), shift(&ranges[2])));
+        at += next;
+    }
+    let count = sets.len() as u64;
+    commands::execute_sets(
+        state,
+        session,
+        sets.iter()
+            .map(|(key, value)| (&input[key.clone()], &input[value.clone()])),
+        out,
+    );
+    Some((at, count))
 }
 
 /// Keys a pipeline prefetches at most.

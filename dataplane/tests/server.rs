@@ -598,3 +598,105 @@ fn posix_fallback_serves_the_same() {
     );
     zdb.stop();
 }
+
+/// RESP encoding of one command.
+fn encode(args: &[&[u8]]) -> Vec<u8> {
+    let mut out = format!("*{}\r\n", args.len()).into_bytes();
+    for arg in args {
+        out.extend_from_slice(format!("${}\r\n", arg.len()).as_bytes());
+        out.extend_from_slice(arg);
+        out.extend_from_slice(b"\r\n");
+    }
+    out
+}
+
+/// Length of the first complete simple reply (status, error, integer, bulk) in `buf`.
+fn reply_len(buf: &[u8]) -> Option<usize> {
+    let line_end = buf.windows(2).position(|w| w == b"\r\n")? + 2;
+    if buf[0] != b'$' {
+        return Some(line_end);
+    }
+    let length: i64 = std::str::from_utf8(&buf[1..line_end - 2])
+        .ok()?
+        .parse()
+        .ok()?;
+    let total = if length < 0 {
+        line_end
+    } else {
+        line_end + length as usize + 2
+    };
+    (buf.len() >= total).then_some(total)
+}
+
+#[test]
+fn a_pipeline_of_sets_answers_as_the_same_commands_one_by_one() {
+    // Plain SETs in a row run under one lock acquisition: errors, same-value SETs and other
+    // commands in between must answer exactly as when each command is sent on its own.
+    let long_key = vec![b'k'; 300];
+    let commands: Vec<Vec<&[u8]>> = vec![
+        vec![b"SET", b"a", b"v1"],
+        vec![b"SET", b"b", b"v2"],
+        vec![b"SET", b"a", b"v1"],
+        vec![b"SET", &long_key, b"x"],
+        vec![b"SET", b"c", b"v3"],
+        vec![b"GET", b"a"],
+        vec![b"SET", b"d", b"v4"],
+        vec![b"SET", b"d", b"v4"],
+        vec![b"SET", b"e"],
+        vec![b"SET", b"e", b"v5"],
+        vec![b"DEL", b"b"],
+        vec![b"SET", b"b", b"v6"],
+        vec![b"SET", b"c", b"v3-changed"],
+        vec![b"GET", b"b"],
+        vec![b"GET", b"c"],
+    ];
+    let pipelined_dir = tempfile::tempdir().unwrap();
+    let pipelined = Zdb::start(pipelined_dir.path(), &[]);
+    let all: Vec<u8> = commands.iter().flat_map(|c| encode(c)).collect();
+    let replies = raw(pipelined.port, &all);
+
+    let single_dir = tempfile::tempdir().unwrap();
+    let single = Zdb::start(single_dir.path(), &[]);
+    let mut stream = std::net::TcpStream::connect(("127.0.0.1", single.port)).unwrap();
+    stream
+        .set_read_timeout(Some(std::time::Duration::from_secs(5)))
+        .unwrap();
+    let mut expected = Vec::new();
+    for command in &commands {
+        use std::io::{Read, Write};
+        stream.write_all(&encode(command)).unwrap();
+        let mut reply = Vec::new();
+        let mut buf = [0u8; 1024];
+        while reply.is_empty() || reply_len(&reply) != Some(reply.len()) {
+            let n = stream.read(&mut buf).unwrap();
+            assert!(n > 0, "server closed the connection");
+            reply.extend_from_slice(&buf[..n]);
+        }
+        expected.extend_from_slice(&reply);
+    }
+    assert_eq!(
+        String::from_utf8_lossy(&replies),
+        String::from_utf8_lossy(&expected)
+    );
+    // 0-db's answers: the key when stored, nil when the value is the same, errors in place.
+    assert_eq!(
+        String::from_utf8_lossy(&expected),
+        "$1\r\na\r\n$1\r\nb\r\n$-1\r\n-Key too large\r\n$1\r\nc\r\n$2\r\nv1\r\n\
+         $1\r\nd\r\n$-1\r\n-ERR wrong number of arguments for 'set' command\r\n\
+         $1\r\ne\r\n+OK\r\n$1\r\nb\r\n$1\r\nc\r\n$2\r\nv6\r\n$10\r\nv3-changed\r\n"
+    );
+    // And what was stored is the same.
+    let mut con = pipelined.connection();
+    for (key, value) in [
+        (&b"a"[..], &b"v1"[..]),
+        (b"b", b"v6"),
+        (b"c", b"v3-changed"),
+        (b"d", b"v4"),
+        (b"e", b"v5"),
+    ] {
+        assert_eq!(
+            bulk(cmd(&mut con, &[b"GET", key]).unwrap()),
+            Some(value.to_vec())
+        );
+    }
+}

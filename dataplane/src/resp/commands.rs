@@ -187,6 +187,27 @@ fn reply_set(
 }
 
 /// Runs one command. `args[0]` is the command name.
+/// Whether `args` is a SET that [`execute_sets`] may run with its neighbours: the common
+/// `SET key value` of a session that may write.
+pub fn is_plain_set(session: &Session, args: &[&[u8]]) -> bool {
+    args.len() == 3 && args[0].eq_ignore_ascii_case(b"SET") && session.can_write
+}
+
+/// Runs consecutive plain SETs (see [`is_plain_set`]) as [`execute`] would run them one by
+/// one, replies included, under one acquisition of the namespace lock
+/// (`Engine::set_many`).
+pub fn execute_sets<'k>(
+    server: &ServerState,
+    session: &mut Session,
+    sets: impl IntoIterator<Item = (&'k [u8], &'k [u8])>,
+    out: &mut Vec<u8>,
+) {
+    let namespace = Arc::clone(&session.namespace);
+    server.engine.set_many(&namespace, sets, |key, result| {
+        reply_set(session, out, key, result)
+    });
+}
+
 pub fn execute(server: &ServerState, session: &mut Session, args: &[&[u8]], out: &mut Vec<u8>) {
     let Some(name) = args.first() else {
         return;
@@ -202,7 +223,7 @@ pub fn execute(server: &ServerState, session: &mut Session, args: &[&[u8]], out:
             Err(error) => engine_error(out, &error),
         };
     }
-    if args.len() == 3 && name.eq_ignore_ascii_case(b"SET") && session.can_write {
+    if is_plain_set(session, args) {
         let result = server
             .engine
             .set(&session.namespace, args[1], args[2], None);
