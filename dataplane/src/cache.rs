@@ -3,8 +3,9 @@
 //! compaction and namespace deletion throw away). Two kinds of memory:
 //!
 //! - **values** read back from disk and verified, one copy each;
-//! - **written buffers**: copies of the buffers of the latest write rounds (made by the
-//!   flusher, so that the event loop's next buffers reuse memory still in the CPU's cache),
+//! - **written buffers**: the buffers of the latest write rounds (those of the usual size
+//!   copied by the flusher, so that the event loop's next buffers reuse memory still in the
+//!   CPU's cache),
 //!   so that reading what was just written (the common case of a key-value store) costs
 //!   neither a system call nor a copy per value. They take at most half of the share. Like records still pending, they are the engine's own bytes, never read back
 //!   from storage: a read checks their layout and key, not their checksums.
@@ -58,7 +59,7 @@ pub fn place(segment: u32, offset: u32) -> u64 {
 struct WrittenBuffer {
     segment: u32,
     offset: u64,
-    data: Vec<u8>,
+    data: Arc<Vec<u8>>,
 }
 
 impl WrittenBuffer {
@@ -115,9 +116,9 @@ impl ValueCache {
         self.bytes += cost;
     }
 
-    /// Keeps a copy of a buffer just written at `offset` of `segment`, evicting the oldest
-    /// buffers beyond half the share.
-    pub fn keep_written(&mut self, segment: u32, offset: u64, data: Vec<u8>) {
+    /// Keeps a buffer just written at `offset` of `segment` (or a copy of it: the caller
+    /// decides), evicting the oldest buffers beyond half the share.
+    pub fn keep_written(&mut self, segment: u32, offset: u64, data: Arc<Vec<u8>>) {
         let bytes_max = self.budget.share_bytes() / 2;
         if data.is_empty() {
             return;
@@ -204,7 +205,7 @@ mod tests {
         let mut off = ValueCache::new(CacheBudget::new(0));
         off.insert(place(1, 1), b"x");
         assert!(off.get(place(1, 1)).is_none());
-        off.keep_written(1, 0, vec![1u8; 10]);
+        off.keep_written(1, 0, Arc::new(vec![1u8; 10]));
         assert!(off.written(1, 0..1).is_none());
     }
 
@@ -212,7 +213,7 @@ mod tests {
     fn written_buffers_are_found_by_place_and_bounded() {
         let budget = CacheBudget::new(1024 * 1024);
         let mut cache = ValueCache::new(budget);
-        let buffer = |fill: u8, len: usize| vec![fill; len];
+        let buffer = |fill: u8, len: usize| Arc::new(vec![fill; len]);
         cache.keep_written(1, 100, buffer(1, 1000));
         cache.keep_written(1, 1100, buffer(2, 1000));
         cache.keep_written(2, 50, buffer(3, 1000));

@@ -2564,11 +2564,19 @@ impl Engine {
         // written are the common case).
         let keep = result.is_ok() && self.cache_budget.share_bytes() > 0;
         for (namespace, _, offset, data) in &batch {
-            // The cache keeps a copy, made here off the lock: the buffer itself goes back to
-            // the allocator, so that the next pending chunk reuses memory still in the CPU's
-            // cache instead of touching fresh memory (measured: keeping the buffers themselves
-            // made SET -P 16's appends wait on their stores, about 6% of a SET).
-            let copy = keep.then(|| data.as_slice().to_vec());
+            // A buffer of the usual size is copied for the cache, here off the lock, and goes
+            // back to the allocator: the next pending chunk then reuses memory still in the
+            // CPU's cache instead of touching fresh memory (keeping those buffers themselves
+            // made SET -P 16's appends wait on their stores, about 6% of a SET). A larger one
+            // (a large record's own, never reused that way) is kept as it is, unless mostly
+            // empty: copying megabytes doubled zdb's CPU per byte of zstor's shard writes.
+            let copy = keep.then(|| {
+                if data.capacity() <= PENDING_CHUNK_BYTES || data.len() * 2 < data.capacity() {
+                    Arc::new(data.as_slice().to_vec())
+                } else {
+                    Arc::clone(data)
+                }
+            });
             let mut state = lock(&namespace.state);
             let mut released = 0usize;
             let mut segment = None;
