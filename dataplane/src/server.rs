@@ -236,6 +236,22 @@ where
     }
 }
 
+/// For looking ahead in a pipeline: the length of the complete command (not an inline one)
+/// at `input[at..]`, its arguments parsed into `ranges` (relative to `at`); `None` at anything
+/// else (incomplete, inline, malformed), which the main loop then handles.
+fn next_command(
+    input: &[u8],
+    at: usize,
+    ranges: &mut Vec<std::ops::Range<usize>>,
+    inline: &mut Vec<u8>,
+) -> Option<usize> {
+    let mut needed = 0;
+    match frame::parse_command_sized(&input[at..], ranges, inline, &mut needed) {
+        Ok(Some((consumed, false))) => Some(consumed),
+        _ => None,
+    }
+}
+
 /// Plain SETs run under one acquisition of the namespace lock at most.
 const SET_RUN_MAX: usize = 64;
 
@@ -263,11 +279,8 @@ fn run_plain_sets(
         [(std::ops::Range<usize>, std::ops::Range<usize>); SET_RUN_MAX],
     > = smallvec::smallvec![(ranges[1].clone(), ranges[2].clone())];
     let mut at = consumed;
-    let mut needed = 0;
     while sets.len() < SET_RUN_MAX {
-        let Ok(Some((next, false))) =
-            frame::parse_command_sized(&input[at..], ranges, inline, &mut needed)
-        else {
+        let Some(next) = next_command(input, at, ranges, inline) else {
             break;
         };
         if !plain_set(session, &input[at..], ranges) {
@@ -302,11 +315,8 @@ fn prefetch_pipeline(
 ) {
     let mut keys: smallvec::SmallVec<[&[u8]; PREFETCH_KEYS_MAX]> = smallvec::SmallVec::new();
     let mut at = 0;
-    let mut needed = 0;
     while keys.len() < PREFETCH_KEYS_MAX {
-        let Ok(Some((consumed, false))) =
-            frame::parse_command_sized(&input[at..], ranges, inline, &mut needed)
-        else {
+        let Some(consumed) = next_command(input, at, ranges, inline) else {
             break;
         };
         if ranges.len() >= 2 {

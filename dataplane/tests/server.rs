@@ -601,12 +601,8 @@ fn posix_fallback_serves_the_same() {
 
 /// RESP encoding of one command.
 fn encode(args: &[&[u8]]) -> Vec<u8> {
-    let mut out = format!("*{}\r\n", args.len()).into_bytes();
-    for arg in args {
-        out.extend_from_slice(format!("${}\r\n", arg.len()).as_bytes());
-        out.extend_from_slice(arg);
-        out.extend_from_slice(b"\r\n");
-    }
+    let mut out = Vec::new();
+    dataplane::client::encode_command(&mut out, args);
     out
 }
 
