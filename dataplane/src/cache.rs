@@ -5,10 +5,10 @@
 //! - **values** read back from disk and verified, one copy each;
 //! - **written buffers**: the buffers of the latest write rounds (those of the usual size
 //!   copied by the flusher, so that the event loop's next buffers reuse memory still in the
-//!   CPU's cache),
-//!   so that reading what was just written (the common case of a key-value store) costs
-//!   neither a system call nor a copy per value. They take at most half of the share. Like records still pending, they are the engine's own bytes, never read back
-//!   from storage: a read checks their layout and key, not their checksums.
+//!   CPU's cache), so that reading what was just written (the common case of a key-value
+//!   store) costs neither a system call nor a copy per value. They take at most half of the
+//!   share. Like records still pending, they are the engine's own bytes, never read back from
+//!   storage: a read checks their layout and key, not their checksums.
 //!
 //! One budget covers the whole server: each namespace's cache may hold an equal share of it,
 //! so adding namespaces shrinks the shares and never grows the total.

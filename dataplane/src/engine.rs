@@ -305,6 +305,13 @@ pub enum SetOutcome {
     Unchanged,
 }
 
+/// What `Engine::store_locked` did.
+enum Stored {
+    Done(SetOutcome),
+    /// Nothing yet: the key holds this entry, a value of the same length and crc.
+    SameShape(Entry),
+}
+
 /// One key as SCAN reports it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ScanItem {
@@ -810,9 +817,6 @@ impl Engine {
         let timestamp_us = now_us();
         let mut guard = Some(lock(&namespace.state));
         for (key, value) in items {
-            if guard.is_none() {
-                guard = Some(lock(&namespace.state));
-            }
             outcome(
                 key,
                 self.set_locked(namespace, &mut guard, key, value, timestamp_us),
@@ -832,9 +836,9 @@ impl Engine {
         }
     }
 
-    /// The body of [`Engine::set`], `guard` holding the namespace lock. Comparing with a
-    /// stored value may have to release it (to read the record): then `guard` is left `None`
-    /// or holds the lock taken again.
+    /// The body of [`Engine::set`], `guard` holding the namespace lock (taken again when it
+    /// does not). Comparing with a stored value may have to release it (to read the record):
+    /// then `guard` is left `None` or holds the lock taken again.
     fn set_locked<'a>(
         &self,
         namespace: &'a Namespace,
@@ -850,19 +854,18 @@ impl Engine {
             return Err(EngineError::ValueTooLarge(value.len()));
         }
         self.check_failed()?;
-        let Some(mut state) = guard.take() else {
-            return Err(EngineError::Failed("namespace lock not held".into()));
-        };
+        let mut state = guard.take().unwrap_or_else(|| lock(&namespace.state));
         let stored = self.store_locked(namespace, &mut state, key, value, timestamp_us, true);
         let old = match stored {
-            Ok(None) => state.index.get(key).copied(),
-            _ => None,
-        };
-        let Some(old) = old else {
-            *guard = Some(state);
-            return stored.and_then(|outcome| {
-                outcome.ok_or_else(|| EngineError::Failed("compared a missing key".into()))
-            });
+            Ok(Stored::Done(outcome)) => {
+                *guard = Some(state);
+                return Ok(outcome);
+            }
+            Ok(Stored::SameShape(old)) => old,
+            Err(error) => {
+                *guard = Some(state);
+                return Err(error);
+            }
         };
         // The key holds a value of the same length and crc: probably the same value. Compare
         // the bytes to be sure (reading them may need the lock released).
@@ -875,12 +878,15 @@ impl Engine {
         let mut state = lock(&namespace.state);
         let stored = self.store_locked(namespace, &mut state, key, value, timestamp_us, false);
         *guard = Some(state);
-        stored
-            .and_then(|outcome| outcome.ok_or_else(|| EngineError::Failed("compared twice".into())))
+        match stored? {
+            Stored::Done(outcome) => Ok(outcome),
+            Stored::SameShape(_) => Err(EngineError::Failed("compared twice".into())),
+        }
     }
 
-    /// Stores `value` under `key`, the lock held. `Ok(None)`: with `compare`, the key holds a
-    /// value of the same length and crc, to be compared before anything is written.
+    /// Stores `value` under `key`, the lock held; with `compare`, first hands back the key's
+    /// entry when it holds a value of the same length and crc, to be compared before anything
+    /// is written.
     fn store_locked(
         &self,
         namespace: &Namespace,
@@ -889,7 +895,7 @@ impl Engine {
         value: &[u8],
         timestamp_us: u64,
         compare: bool,
-    ) -> Result<Option<SetOutcome>> {
+    ) -> Result<Stored> {
         state.writable()?;
         let new_id = state.next_id.to_le_bytes();
         let key_owned: &[u8] = match state.settings.mode {
@@ -913,7 +919,7 @@ impl Engine {
                 && old.value_crc == value_crc
                 && !old.is_damaged()
             {
-                return Ok(None);
+                return Ok(Stored::SameShape(old));
             }
         }
         let freed = previous.map(|old| old.value_len() as u64).unwrap_or(0);
@@ -949,7 +955,7 @@ impl Engine {
         });
         state.index.insert(Key::new(key_owned), entry);
         let ticket = self.round_epoch.load(Ordering::Acquire) + 1;
-        Ok(Some(SetOutcome::Stored {
+        Ok(Stored::Done(SetOutcome::Stored {
             assigned_id,
             ticket,
         }))
@@ -981,11 +987,7 @@ impl Engine {
         state.index.remove(key);
         state.live_bytes -= old.value_len() as u64;
         let ticket = self.round_epoch.load(Ordering::Acquire) + 1;
-        let wake = state.pending_bytes >= FLUSHER_WAKE_BYTES;
-        drop(state);
-        if wake {
-            self.wake_flusher();
-        }
+        self.release_after_writes(Some(state));
         Ok(ticket)
     }
 
@@ -1312,9 +1314,7 @@ impl Engine {
             if let Some(value) = state.cache.get(place) {
                 return Ok(Some(use_value(value)));
             }
-            let start = u64::from(entry.offset);
-            let length = (HEADER_BYTES + key.len() + entry.value_len() as usize) as u64;
-            if let Some(bytes) = state.cache.written(entry.segment, start..start + length) {
+            if let Some(bytes) = state.written_record(key, &entry) {
                 // The engine's own bytes, never read back from storage: served like a
                 // pending record (layout and key checked; the checksums guard the disk).
                 // Anything unexpected falls through to the file.
@@ -1342,9 +1342,7 @@ impl Engine {
             let Some(entry) = state.index.get(key) else {
                 continue;
             };
-            let start = u64::from(entry.offset);
-            let length = (HEADER_BYTES + key.len() + entry.value_len() as usize) as u64;
-            if let Some(bytes) = state.cache.written(entry.segment, start..start + length) {
+            if let Some(bytes) = state.written_record(key, entry) {
                 touched ^= bytes[0] ^ bytes[bytes.len() - 1];
             }
         }
@@ -2722,6 +2720,13 @@ impl Namespace {
 }
 
 impl NsState {
+    /// The bytes of `key`'s record at `entry`, when a kept write buffer holds them.
+    fn written_record(&self, key: &[u8], entry: &Entry) -> Option<&[u8]> {
+        let start = u64::from(entry.offset);
+        let length = (HEADER_BYTES + key.len() + entry.value_len() as usize) as u64;
+        self.cache.written(entry.segment, start..start + length)
+    }
+
     fn writable(&self) -> Result<()> {
         if self.deleted {
             return Err(EngineError::NamespaceDeleted);

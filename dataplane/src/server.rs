@@ -194,7 +194,6 @@ where
                         let args: smallvec::SmallVec<[&[u8]; 8]> =
                             ranges.iter().map(|r| &source[r.clone()]).collect();
                         if !args.is_empty() {
-                            let before = session.pending_ticket;
                             commands::execute(state, &mut session, &args, &mut out);
                             wrote |= session.pending_ticket != before;
                             executed += 1;

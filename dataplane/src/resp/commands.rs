@@ -186,7 +186,6 @@ fn reply_set(
     }
 }
 
-/// Runs one command. `args[0]` is the command name.
 /// Whether `args` is a SET that [`execute_sets`] may run with its neighbours: the common
 /// `SET key value` of a session that may write.
 pub fn is_plain_set(session: &Session, args: &[&[u8]]) -> bool {
@@ -208,6 +207,7 @@ pub fn execute_sets<'k>(
     });
 }
 
+/// Runs one command. `args[0]` is the command name.
 pub fn execute(server: &ServerState, session: &mut Session, args: &[&[u8]], out: &mut Vec<u8>) {
     let Some(name) = args.first() else {
         return;
