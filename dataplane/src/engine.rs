@@ -64,6 +64,12 @@ const PENDING_CHUNK_GROWN_BYTES_MAX: usize = 1024 * 1024;
 /// that never commit reach the files within this, and under `--sync` snapshots are written
 /// at this pace.
 const FLUSHER_TICK_IDLE: Duration = Duration::from_millis(500);
+/// A CPU cache line.
+const CACHE_LINE_BYTES: usize = 64;
+/// Bytes of a record's head loaded ahead of use (header, key, a small value).
+const PREFETCH_RECORD_BYTES: usize = 256;
+/// GETs [`Engine::get_many_in_memory`] serves under one acquisition of the lock at most.
+pub const GET_RUN_MAX: usize = 64;
 /// New segments get ids that are multiples of this; compaction output takes the ids between
 /// the last segment it compacts and the next multiple.
 pub const SEGMENT_ID_STRIDE: u32 = 1024;
@@ -811,12 +817,21 @@ impl Engine {
     pub fn set_many<'k>(
         &self,
         namespace: &Namespace,
-        items: impl IntoIterator<Item = (&'k [u8], &'k [u8])>,
+        items: &[(&'k [u8], &'k [u8])],
         mut outcome: impl FnMut(&'k [u8], Result<SetOutcome>),
     ) {
         let timestamp_us = now_us();
         let mut guard = Some(lock(&namespace.state));
-        for (key, value) in items {
+        if let Some(state) = guard.as_deref() {
+            // The keys' index slots first, all of them: their memory misses overlap here
+            // instead of stalling each SET in turn.
+            let found = items
+                .iter()
+                .filter(|(key, _)| state.index.get(key).is_some())
+                .count();
+            std::hint::black_box(found);
+        }
+        for &(key, value) in items {
             outcome(
                 key,
                 self.set_locked(namespace, &mut guard, key, value, timestamp_us),
@@ -1332,21 +1347,80 @@ impl Engine {
         Ok(Some(use_value(value)))
     }
 
-    /// Brings the index entries of `keys`, and the records of those whose bytes are in
-    /// memory, into the CPU's cache: a hint for a pipeline about to read or write them. Their
-    /// memory misses overlap here instead of stalling each command in turn.
-    pub fn prefetch(&self, namespace: &Namespace, keys: &[&[u8]]) {
-        let state = lock(&namespace.state);
-        let mut touched = 0u8;
-        for key in keys {
-            let Some(entry) = state.index.get(key) else {
-                continue;
-            };
-            if let Some(bytes) = state.written_record(key, entry) {
-                touched ^= bytes[0] ^ bytes[bytes.len() - 1];
-            }
+    /// GETs of `keys` in order, under one acquisition of the namespace lock, for as long as
+    /// their values are in memory: `use_value` gets what [`Engine::get_with`] would hand it
+    /// (`None` for a key that is not there), the lock held. Stops at the first key whose
+    /// value needs a disk read (or that [`Engine::get_with`] would answer with an error) and
+    /// returns how many keys it served; the caller runs that one on its own. At most
+    /// [`GET_RUN_MAX`] keys.
+    ///
+    /// All index entries are looked up first, then the records are found and their heads
+    /// loaded, then the values used: a pipeline's memory misses overlap instead of stalling
+    /// each GET in turn, and each key is looked up once.
+    pub fn get_many_in_memory(
+        &self,
+        namespace: &Namespace,
+        keys: &[&[u8]],
+        mut use_value: impl FnMut(Option<&[u8]>),
+    ) -> usize {
+        /// Where a GET's answer is.
+        enum Found<'a> {
+            Missing,
+            Value(&'a [u8]),
+            Record(&'a [u8]),
+            Elsewhere,
         }
+        let state = lock(&namespace.state);
+        if state.readable().is_err() {
+            return 0;
+        }
+        let keys = &keys[..keys.len().min(GET_RUN_MAX)];
+        let entries: smallvec::SmallVec<[Option<Entry>; GET_RUN_MAX]> = keys
+            .iter()
+            .map(|key| state.index.get(key).copied())
+            .collect();
+        let mut touched = 0u8;
+        let found: smallvec::SmallVec<[Found<'_>; GET_RUN_MAX]> = keys
+            .iter()
+            .zip(&entries)
+            .map(|(key, entry)| match entry {
+                None => Found::Missing,
+                Some(entry) if entry.is_damaged() => Found::Elsewhere,
+                Some(entry) => {
+                    let place = cache::place(entry.segment, entry.offset);
+                    if let Some(value) = state.cache.get(place) {
+                        Found::Value(value)
+                    } else if let Some(bytes) = state.written_record(key, entry) {
+                        touched ^= touch_head(bytes);
+                        Found::Record(bytes)
+                    } else {
+                        Found::Elsewhere
+                    }
+                }
+            })
+            .collect();
         std::hint::black_box(touched);
+        let mut served = 0;
+        for (key, found) in keys.iter().zip(found) {
+            match found {
+                Found::Missing => use_value(None),
+                Found::Value(value) => use_value(Some(value)),
+                // As in `get_with`: layout and key checked, anything unexpected goes to
+                // the file.
+                Found::Record(bytes) => match record::decode_unsealed(bytes) {
+                    Ok(header)
+                        if bytes.get(HEADER_BYTES..HEADER_BYTES + header.key_len as usize)
+                            == Some(*key) =>
+                    {
+                        use_value(Some(&bytes[HEADER_BYTES + header.key_len as usize..]))
+                    }
+                    _ => break,
+                },
+                Found::Elsewhere => break,
+            }
+            served += 1;
+        }
+        served
     }
 
     /// Whether `key` exists.
@@ -2717,6 +2791,19 @@ impl Namespace {
     pub fn settings(&self) -> Settings {
         lock(&self.state).settings.clone()
     }
+}
+
+/// Loads every cache line of the head of `bytes` (header, key and a small value span three
+/// or four) and folds them into one byte, for the caller to keep. Each load depends on
+/// nothing but the slice, so the misses of several records overlap. A larger value streams
+/// in behind its head as it is copied.
+fn touch_head(bytes: &[u8]) -> u8 {
+    let head = &bytes[..bytes.len().min(PREFETCH_RECORD_BYTES)];
+    let mut folded = head.last().copied().unwrap_or(0);
+    for line in head.iter().step_by(CACHE_LINE_BYTES) {
+        folded ^= *line;
+    }
+    folded
 }
 
 impl NsState {

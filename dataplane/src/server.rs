@@ -11,6 +11,7 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::{TcpListener, UnixListener};
 use tokio::sync::Semaphore;
 
+use crate::engine::GET_RUN_MAX;
 use crate::resp::commands::{self, ServerState, Session};
 use crate::resp::frame::{self, reply};
 
@@ -159,7 +160,6 @@ where
         if read == 0 {
             return Ok(());
         }
-        prefetch_pipeline(state, &session, &input, &mut ranges, &mut inline);
         let mut wrote = false;
         let mut executed = 0u64;
         loop {
@@ -169,15 +169,26 @@ where
                     let run = if is_inline {
                         None
                     } else {
-                        run_plain_sets(
+                        run_gets(
                             state,
-                            &mut session,
+                            &session,
                             &input,
                             consumed,
                             &mut ranges,
                             &mut inline,
                             &mut out,
                         )
+                        .or_else(|| {
+                            run_plain_sets(
+                                state,
+                                &mut session,
+                                &input,
+                                consumed,
+                                &mut ranges,
+                                &mut inline,
+                                &mut out,
+                            )
+                        })
                     };
                     if let Some((run_bytes, count)) = run {
                         wrote |= session.pending_ticket != before;
@@ -290,45 +301,57 @@ fn run_plain_sets(
         at += next;
     }
     let count = sets.len() as u64;
-    commands::execute_sets(
-        state,
-        session,
-        sets.iter()
-            .map(|(key, value)| (&input[key.clone()], &input[value.clone()])),
-        out,
-    );
+    let sets: smallvec::SmallVec<[(&[u8], &[u8]); SET_RUN_MAX]> = sets
+        .iter()
+        .map(|(key, value)| (&input[key.clone()], &input[value.clone()]))
+        .collect();
+    commands::execute_sets(state, session, &sets, out);
     Some((at, count))
 }
 
-/// Keys a pipeline prefetches at most.
-const PREFETCH_KEYS_MAX: usize = 64;
-
-/// When `input` holds several commands, hands the keys of its GETs and SETs to the engine to
-/// prefetch (see `Engine::prefetch`). Only a hint: parsing stops at anything unusual.
-fn prefetch_pipeline(
+/// When the command at the front of `input` (its `consumed` bytes parsed into `ranges`) is a
+/// GET, runs it with the GETs right after it for as long as their values are in memory
+/// (`commands::execute_gets`) and returns the bytes and the number of commands they took;
+/// `None` when it ran none (the main loop then runs the front one on its own, `ranges`
+/// holding its arguments again).
+fn run_gets(
     state: &ServerState,
     session: &Session,
     input: &[u8],
+    consumed: usize,
     ranges: &mut Vec<std::ops::Range<usize>>,
     inline: &mut Vec<u8>,
-) {
-    let mut keys: smallvec::SmallVec<[&[u8]; PREFETCH_KEYS_MAX]> = smallvec::SmallVec::new();
-    let mut at = 0;
-    while keys.len() < PREFETCH_KEYS_MAX {
-        let Some(consumed) = next_command(input, at, ranges, inline) else {
+    out: &mut Vec<u8>,
+) -> Option<(usize, u64)> {
+    let get_key = |input: &[u8], ranges: &[std::ops::Range<usize>]| {
+        let args: smallvec::SmallVec<[&[u8]; 3]> =
+            ranges.iter().map(|r| &input[r.clone()]).collect();
+        commands::is_get(&args).then(|| ranges[1].clone())
+    };
+    let first = get_key(input, ranges)?;
+    // Each GET's key, and where the command after it starts.
+    let mut gets: smallvec::SmallVec<[(std::ops::Range<usize>, usize); GET_RUN_MAX]> =
+        smallvec::smallvec![(first, consumed)];
+    let mut at = consumed;
+    while gets.len() < GET_RUN_MAX {
+        let Some(next) = next_command(input, at, ranges, inline) else {
             break;
         };
-        if ranges.len() >= 2 {
-            let name = &input[at + ranges[0].start..at + ranges[0].end];
-            if name.eq_ignore_ascii_case(b"GET") || name.eq_ignore_ascii_case(b"SET") {
-                keys.push(&input[at + ranges[1].start..at + ranges[1].end]);
-            }
-        }
-        at += consumed;
+        let Some(key) = get_key(&input[at..], ranges) else {
+            break;
+        };
+        at += next;
+        gets.push((key.start + at - next..key.end + at - next, at));
     }
-    if keys.len() > 1 {
-        state.engine.prefetch(&session.namespace, &keys);
+    let keys: smallvec::SmallVec<[&[u8]; GET_RUN_MAX]> =
+        gets.iter().map(|(key, _)| &input[key.clone()]).collect();
+    let served = commands::execute_gets(state, session, &keys, out);
+    if served == 0 {
+        // The front GET runs on its own: `ranges` back to its arguments.
+        next_command(input, 0, ranges, inline);
+        return None;
     }
+    Some((gets[served - 1].1, served as u64))
 }
 
 /// Writes the replies gathered so far. When they acknowledge writes, those are committed

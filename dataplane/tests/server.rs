@@ -624,6 +624,28 @@ fn reply_len(buf: &[u8]) -> Option<usize> {
     (buf.len() >= total).then_some(total)
 }
 
+/// Sends each command on its own, waiting for its reply before the next; returns the replies.
+fn one_by_one(port: u16, commands: &[Vec<&[u8]>]) -> Vec<u8> {
+    use std::io::{Read, Write};
+    let mut stream = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+    stream
+        .set_read_timeout(Some(std::time::Duration::from_secs(5)))
+        .unwrap();
+    let mut replies = Vec::new();
+    for command in commands {
+        stream.write_all(&encode(command)).unwrap();
+        let mut reply = Vec::new();
+        let mut buf = [0u8; 1024];
+        while reply.is_empty() || reply_len(&reply) != Some(reply.len()) {
+            let n = stream.read(&mut buf).unwrap();
+            assert!(n > 0, "server closed the connection");
+            reply.extend_from_slice(&buf[..n]);
+        }
+        replies.extend_from_slice(&reply);
+    }
+    replies
+}
+
 #[test]
 fn a_pipeline_of_sets_answers_as_the_same_commands_one_by_one() {
     // Plain SETs in a row run under one lock acquisition: errors, same-value SETs and other
@@ -653,23 +675,7 @@ fn a_pipeline_of_sets_answers_as_the_same_commands_one_by_one() {
 
     let single_dir = tempfile::tempdir().unwrap();
     let single = Zdb::start(single_dir.path(), &[]);
-    let mut stream = std::net::TcpStream::connect(("127.0.0.1", single.port)).unwrap();
-    stream
-        .set_read_timeout(Some(std::time::Duration::from_secs(5)))
-        .unwrap();
-    let mut expected = Vec::new();
-    for command in &commands {
-        use std::io::{Read, Write};
-        stream.write_all(&encode(command)).unwrap();
-        let mut reply = Vec::new();
-        let mut buf = [0u8; 1024];
-        while reply.is_empty() || reply_len(&reply) != Some(reply.len()) {
-            let n = stream.read(&mut buf).unwrap();
-            assert!(n > 0, "server closed the connection");
-            reply.extend_from_slice(&buf[..n]);
-        }
-        expected.extend_from_slice(&reply);
-    }
+    let expected = one_by_one(single.port, &commands);
     assert_eq!(
         String::from_utf8_lossy(&replies),
         String::from_utf8_lossy(&expected)
@@ -695,4 +701,53 @@ fn a_pipeline_of_sets_answers_as_the_same_commands_one_by_one() {
             Some(value.to_vec())
         );
     }
+}
+
+#[test]
+fn a_pipeline_of_gets_answers_as_the_same_commands_one_by_one() {
+    // GETs in a row are served from memory under one lock acquisition, up to the first one
+    // whose value is only on disk: that one and the rest must still answer in order, as
+    // when each GET is sent on its own.
+    let dir = tempfile::tempdir().unwrap();
+    let zdb = Zdb::start(dir.path(), &[]);
+    let mut con = zdb.connection();
+    for (key, value) in [
+        (&b"old1"[..], &b"o1"[..]),
+        (b"old2", b"o2"),
+        (b"gone", b"g"),
+    ] {
+        cmd(&mut con, &[b"SET", key, value]).unwrap();
+    }
+    drop(con);
+    // After a restart the old records are on disk only: neither cached nor in a kept buffer.
+    let zdb = zdb.restart();
+    let mut con = zdb.connection();
+    cmd(&mut con, &[b"SET", b"new1", b"n1"]).unwrap();
+    cmd(&mut con, &[b"SET", b"new2", b"n2"]).unwrap();
+    cmd(&mut con, &[b"DEL", b"gone"]).unwrap();
+    let commands: Vec<Vec<&[u8]>> = vec![
+        vec![b"GET", b"new1"],
+        vec![b"GET", b"missing"],
+        vec![b"GET", b"old1"],
+        vec![b"GET", b"new2"],
+        vec![b"GET", b"gone"],
+        vec![b"GET"],
+        vec![b"GET", b"old2"],
+        vec![b"GET", b"old1"],
+        vec![b"get", b"new2"],
+        vec![b"GET", b"new1", b"extra"],
+        vec![b"GET", b"new1"],
+    ];
+    let want = "$2\r\nn1\r\n$-1\r\n$2\r\no1\r\n$2\r\nn2\r\n$-1\r\n\
+                -ERR wrong number of arguments for 'get' command\r\n$2\r\no2\r\n$2\r\no1\r\n\
+                $2\r\nn2\r\n-ERR wrong number of arguments for 'get' command\r\n$2\r\nn1\r\n";
+    let all: Vec<u8> = commands.iter().flat_map(|c| encode(c)).collect();
+    assert_eq!(String::from_utf8_lossy(&raw(zdb.port, &all)), want);
+    // Once more now that the old values are cached, and one by one.
+    assert_eq!(String::from_utf8_lossy(&raw(zdb.port, &all)), want);
+    assert_eq!(
+        String::from_utf8_lossy(&one_by_one(zdb.port, &commands)),
+        want
+    );
+    zdb.stop();
 }

@@ -198,7 +198,7 @@ pub fn is_plain_set(session: &Session, args: &[&[u8]]) -> bool {
 pub fn execute_sets<'k>(
     server: &ServerState,
     session: &mut Session,
-    sets: impl IntoIterator<Item = (&'k [u8], &'k [u8])>,
+    sets: &[(&'k [u8], &'k [u8])],
     out: &mut Vec<u8>,
 ) {
     let namespace = Arc::clone(&session.namespace);
@@ -207,13 +207,37 @@ pub fn execute_sets<'k>(
     });
 }
 
+/// Whether `args` is a GET that [`execute_gets`] may run with its neighbours (any session
+/// may read).
+pub fn is_get(args: &[&[u8]]) -> bool {
+    args.len() == 2 && args[0].eq_ignore_ascii_case(b"GET")
+}
+
+/// Runs consecutive GETs of `keys` (see [`is_get`]) as [`execute`] would run them one by
+/// one, replies included, for as long as their values are in memory
+/// (`Engine::get_many_in_memory`); returns how many it ran. The caller runs the next one
+/// with [`execute`].
+pub fn execute_gets(
+    server: &ServerState,
+    session: &Session,
+    keys: &[&[u8]],
+    out: &mut Vec<u8>,
+) -> usize {
+    server
+        .engine
+        .get_many_in_memory(&session.namespace, keys, |value| match value {
+            Some(value) => reply::bulk(out, value),
+            None => reply::nil(out),
+        })
+}
+
 /// Runs one command. `args[0]` is the command name.
 pub fn execute(server: &ServerState, session: &mut Session, args: &[&[u8]], out: &mut Vec<u8>) {
     let Some(name) = args.first() else {
         return;
     };
     // The two commands that carry nearly all traffic skip the general dispatch.
-    if args.len() == 2 && name.eq_ignore_ascii_case(b"GET") {
+    if is_get(args) {
         return match server
             .engine
             .get_with(&session.namespace, args[1], |value| reply::bulk(out, value))
