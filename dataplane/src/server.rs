@@ -265,6 +265,42 @@ fn next_command(
 /// Plain SETs run under one acquisition of the namespace lock at most.
 const SET_RUN_MAX: usize = 64;
 
+/// The run of consecutive commands at the front of `input` that `pick` takes, at most `max`
+/// of them; the front one's `consumed` bytes are already parsed into `ranges`. `pick` gets a
+/// command's arguments and their ranges in `input`; each command taken gives what `pick` made
+/// of it and where the command after it starts. Empty, `ranges` untouched, when `pick` does
+/// not take the front one; otherwise `ranges` is left holding a later command's arguments.
+fn collect_run<T>(
+    input: &[u8],
+    consumed: usize,
+    ranges: &mut Vec<std::ops::Range<usize>>,
+    inline: &mut Vec<u8>,
+    max: usize,
+    mut pick: impl FnMut(&[&[u8]], &[std::ops::Range<usize>]) -> Option<T>,
+) -> smallvec::SmallVec<[(T, usize); SET_RUN_MAX]> {
+    let mut run = smallvec::SmallVec::new();
+    let (mut at, mut length) = (0, consumed);
+    loop {
+        let placed: smallvec::SmallVec<[std::ops::Range<usize>; 3]> =
+            ranges.iter().map(|r| r.start + at..r.end + at).collect();
+        let args: smallvec::SmallVec<[&[u8]; 3]> =
+            placed.iter().map(|r| &input[r.clone()]).collect();
+        let Some(picked) = pick(&args, &placed) else {
+            break;
+        };
+        at += length;
+        run.push((picked, at));
+        if run.len() >= max {
+            break;
+        }
+        let Some(next) = next_command(input, at, ranges, inline) else {
+            break;
+        };
+        length = next;
+    }
+    run
+}
+
 /// When the command at the front of `input` (its `consumed` bytes parsed into `ranges`) is a
 /// plain SET, runs it with the plain SETs right after it (`commands::execute_sets`) and
 /// returns the bytes and the number of commands they took.
@@ -277,36 +313,23 @@ fn run_plain_sets(
     inline: &mut Vec<u8>,
     out: &mut Vec<u8>,
 ) -> Option<(usize, u64)> {
-    let plain_set = |session: &Session, input: &[u8], ranges: &[std::ops::Range<usize>]| {
-        let args: smallvec::SmallVec<[&[u8]; 3]> =
-            ranges.iter().map(|r| &input[r.clone()]).collect();
-        commands::is_plain_set(session, &args)
-    };
-    if !plain_set(session, input, ranges) {
-        return None;
-    }
-    let mut sets: smallvec::SmallVec<
-        [(std::ops::Range<usize>, std::ops::Range<usize>); SET_RUN_MAX],
-    > = smallvec::smallvec![(ranges[1].clone(), ranges[2].clone())];
-    let mut at = consumed;
-    while sets.len() < SET_RUN_MAX {
-        let Some(next) = next_command(input, at, ranges, inline) else {
-            break;
-        };
-        if !plain_set(session, &input[at..], ranges) {
-            break;
-        }
-        let shift = |r: &std::ops::Range<usize>| r.start + at..r.end + at;
-        sets.push((shift(&ranges[1]), shift(&ranges[2])));
-        at += next;
-    }
-    let count = sets.len() as u64;
-    let sets: smallvec::SmallVec<[(&[u8], &[u8]); SET_RUN_MAX]> = sets
+    let run = collect_run(
+        input,
+        consumed,
+        ranges,
+        inline,
+        SET_RUN_MAX,
+        |args, placed| {
+            commands::is_plain_set(session, args).then(|| (placed[1].clone(), placed[2].clone()))
+        },
+    );
+    let &(_, end) = run.last()?;
+    let sets: smallvec::SmallVec<[(&[u8], &[u8]); SET_RUN_MAX]> = run
         .iter()
-        .map(|(key, value)| (&input[key.clone()], &input[value.clone()]))
+        .map(|((key, value), _)| (&input[key.clone()], &input[value.clone()]))
         .collect();
     commands::execute_sets(state, session, &sets, out);
-    Some((at, count))
+    Some((end, sets.len() as u64))
 }
 
 /// When the command at the front of `input` (its `consumed` bytes parsed into `ranges`) is a
@@ -323,35 +346,26 @@ fn run_gets(
     inline: &mut Vec<u8>,
     out: &mut Vec<u8>,
 ) -> Option<(usize, u64)> {
-    let get_key = |input: &[u8], ranges: &[std::ops::Range<usize>]| {
-        let args: smallvec::SmallVec<[&[u8]; 3]> =
-            ranges.iter().map(|r| &input[r.clone()]).collect();
-        commands::is_get(&args).then(|| ranges[1].clone())
-    };
-    let first = get_key(input, ranges)?;
-    // Each GET's key, and where the command after it starts.
-    let mut gets: smallvec::SmallVec<[(std::ops::Range<usize>, usize); GET_RUN_MAX]> =
-        smallvec::smallvec![(first, consumed)];
-    let mut at = consumed;
-    while gets.len() < GET_RUN_MAX {
-        let Some(next) = next_command(input, at, ranges, inline) else {
-            break;
-        };
-        let Some(key) = get_key(&input[at..], ranges) else {
-            break;
-        };
-        at += next;
-        gets.push((key.start + at - next..key.end + at - next, at));
+    let run = collect_run(
+        input,
+        consumed,
+        ranges,
+        inline,
+        GET_RUN_MAX,
+        |args, placed| commands::is_get(args).then(|| placed[1].clone()),
+    );
+    if run.is_empty() {
+        return None;
     }
     let keys: smallvec::SmallVec<[&[u8]; GET_RUN_MAX]> =
-        gets.iter().map(|(key, _)| &input[key.clone()]).collect();
+        run.iter().map(|(key, _)| &input[key.clone()]).collect();
     let served = commands::execute_gets(state, session, &keys, out);
     if served == 0 {
         // The front GET runs on its own: `ranges` back to its arguments.
         next_command(input, 0, ranges, inline);
         return None;
     }
-    Some((gets[served - 1].1, served as u64))
+    Some((run[served - 1].1, served as u64))
 }
 
 /// Writes the replies gathered so far. When they acknowledge writes, those are committed
