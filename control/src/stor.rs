@@ -482,22 +482,18 @@ async fn run_async(command: StorCommand) -> anyhow::Result<()> {
             via,
             common,
         } => {
-            let bar = bar(None, false);
-            let checks = match &via.daemon {
-                Some(target) => {
-                    bar.enable_steady_tick(std::time::Duration::from_millis(200));
-                    daemon_client(&common, target)?
-                        .check(key.as_deref())
+            let checks = over_objects(
+                &common,
+                &via,
+                "checking",
+                async |client| client.check(key.as_deref()).await,
+                async |zstor, progress| {
+                    zstor
+                        .check(key.as_deref().map(str::as_bytes), progress)
                         .await
-                        .context("checking through the daemon")
-                }
-                None => open(&common)?
-                    .check(key.as_deref().map(str::as_bytes), &|_| bar.inc(1))
-                    .await
-                    .context("checking"),
-            };
-            bar.finish_and_clear();
-            let checks = checks?;
+                },
+            )
+            .await?;
             let unhealthy = checks.iter().filter(|check| !check.healthy()).count();
             if output.json {
                 print_json(&checks)?;
@@ -540,22 +536,18 @@ async fn run_async(command: StorCommand) -> anyhow::Result<()> {
             via,
             common,
         } => {
-            let bar = bar(None, false);
-            let repairs = match &via.daemon {
-                Some(target) => {
-                    bar.enable_steady_tick(std::time::Duration::from_millis(200));
-                    daemon_client(&common, target)?
-                        .repair(key.as_deref())
+            let repairs = over_objects(
+                &common,
+                &via,
+                "repairing",
+                async |client| client.repair(key.as_deref()).await,
+                async |zstor, progress| {
+                    zstor
+                        .repair(key.as_deref().map(str::as_bytes), progress)
                         .await
-                        .context("repairing through the daemon")
-                }
-                None => open(&common)?
-                    .repair(key.as_deref().map(str::as_bytes), &|_| bar.inc(1))
-                    .await
-                    .context("repairing"),
-            };
-            bar.finish_and_clear();
-            let repairs = repairs?;
+                },
+            )
+            .await?;
             let failed = repairs
                 .iter()
                 .filter(|repair| !repair.failures.is_empty())
@@ -705,6 +697,35 @@ fn print_objects(objects: &[ObjectInfo], json: bool) -> anyhow::Result<()> {
 
 /// A client for the daemon at `target` (a socket path or `http://host:port`), or at the
 /// config's socket when `target` is empty; the token comes from the config.
+/// Runs an operation over the objects (check, repair) through the daemon `via` names, with
+/// a spinner, or here, with a bar that counts the objects done. `doing` names it in errors.
+async fn over_objects<T, DaemonError, ZstorError>(
+    common: &Common,
+    via: &Via,
+    doing: &str,
+    through_daemon: impl AsyncFnOnce(DaemonClient) -> Result<T, DaemonError>,
+    here: impl AsyncFnOnce(Zstor, &(dyn Fn(u64) + Sync)) -> Result<T, ZstorError>,
+) -> anyhow::Result<T>
+where
+    DaemonError: std::error::Error + Send + Sync + 'static,
+    ZstorError: std::error::Error + Send + Sync + 'static,
+{
+    let bar = bar(None, false);
+    let result = match &via.daemon {
+        Some(target) => {
+            bar.enable_steady_tick(std::time::Duration::from_millis(200));
+            through_daemon(daemon_client(common, target)?)
+                .await
+                .with_context(|| format!("{doing} through the daemon"))
+        }
+        None => here(open(common)?, &|_| bar.inc(1))
+            .await
+            .with_context(|| doing.to_string()),
+    };
+    bar.finish_and_clear();
+    result
+}
+
 fn daemon_client(common: &Common, target: &str) -> anyhow::Result<DaemonClient> {
     let path = config_path(common);
     let config = Config::load(&path).with_context(|| {
