@@ -1352,7 +1352,8 @@ impl Engine {
     /// (`None` for a key that is not there), the lock held. Stops at the first key whose
     /// value needs a disk read (or that [`Engine::get_with`] would answer with an error) and
     /// returns how many keys it served; the caller runs that one on its own. At most
-    /// [`GET_RUN_MAX`] keys.
+    /// [`GET_RUN_MAX`] keys, and no more once the values served add up to `value_bytes_max`
+    /// (one at least), so that the replies gathered stay bounded.
     ///
     /// All index entries are looked up first, then the records are found and their heads
     /// loaded, then the values used: a pipeline's memory misses overlap instead of stalling
@@ -1361,6 +1362,7 @@ impl Engine {
         &self,
         namespace: &Namespace,
         keys: &[&[u8]],
+        value_bytes_max: usize,
         mut use_value: impl FnMut(Option<&[u8]>),
     ) -> usize {
         /// Where a GET's answer is.
@@ -1401,10 +1403,14 @@ impl Engine {
             .collect();
         std::hint::black_box(touched);
         let mut served = 0;
+        let mut value_bytes = 0;
         for (key, found) in keys.iter().zip(found) {
-            match found {
-                Found::Missing => use_value(None),
-                Found::Value(value) => use_value(Some(value)),
+            if value_bytes >= value_bytes_max.max(1) {
+                break;
+            }
+            let value = match found {
+                Found::Missing => None,
+                Found::Value(value) => Some(value),
                 // As in `get_with`: layout and key checked, anything unexpected goes to
                 // the file.
                 Found::Record(bytes) => match record::decode_unsealed(bytes) {
@@ -1412,12 +1418,14 @@ impl Engine {
                         if bytes.get(HEADER_BYTES..HEADER_BYTES + header.key_len as usize)
                             == Some(*key) =>
                     {
-                        use_value(Some(&bytes[HEADER_BYTES + header.key_len as usize..]))
+                        Some(&bytes[HEADER_BYTES + header.key_len as usize..])
                     }
                     _ => break,
                 },
                 Found::Elsewhere => break,
-            }
+            };
+            value_bytes += value.map_or(0, <[u8]>::len);
+            use_value(value);
             served += 1;
         }
         served

@@ -359,7 +359,9 @@ fn run_gets(
     }
     let keys: smallvec::SmallVec<[&[u8]; GET_RUN_MAX]> =
         run.iter().map(|(key, _)| &input[key.clone()]).collect();
-    let served = commands::execute_gets(state, session, &keys, out);
+    // Replies are written out at REPLY_FLUSH_BYTES: a batch of large values stops there too.
+    let value_bytes_max = REPLY_FLUSH_BYTES.saturating_sub(out.len());
+    let served = commands::execute_gets(state, session, &keys, value_bytes_max, out);
     if served == 0 {
         // The front GET runs on its own: `ranges` back to its arguments.
         next_command(input, 0, ranges, inline);

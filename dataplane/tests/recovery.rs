@@ -499,6 +499,38 @@ fn just_written_records_are_read_from_memory_and_match_the_disk() {
                 "without a cache every read is a disk read"
             );
         }
+        // The same through batches of GETs: from memory they all come back, in order, each
+        // batch stopping once its values reach the bound (not before); without a cache none
+        // is in memory, so a batch serves nothing and leaves the key to a disk read.
+        let keys: Vec<&[u8]> = model.keys().map(Vec::as_slice).collect();
+        let bound_bytes = 10_000;
+        for batch in keys.chunks(dataplane::engine::GET_RUN_MAX) {
+            let mut at = 0;
+            while at < batch.len() {
+                let mut values = Vec::new();
+                let served = engine.get_many_in_memory(&ns, &batch[at..], bound_bytes, |v| {
+                    values.push(v.map(<[u8]>::to_vec))
+                });
+                assert_eq!(served, values.len());
+                if cache_bytes == 0 {
+                    assert_eq!(served, 0, "without a cache a value was found in memory");
+                    break;
+                }
+                let sizes: Vec<usize> = values
+                    .iter()
+                    .map(|v| v.as_ref().map_or(0, Vec::len))
+                    .collect();
+                assert!(served >= 1);
+                assert!(sizes[..served - 1].iter().sum::<usize>() < bound_bytes);
+                if at + served < batch.len() {
+                    assert!(sizes.iter().sum::<usize>() >= bound_bytes, "stopped early");
+                }
+                for (key, value) in batch[at..at + served].iter().zip(&values) {
+                    assert_eq!(value.as_ref(), model.get(*key));
+                }
+                at += served;
+            }
+        }
         engine.compact(&ns).unwrap();
         for (key, value) in &model {
             assert_eq!(engine.get(&ns, key).unwrap().as_ref(), Some(value));

@@ -749,5 +749,27 @@ fn a_pipeline_of_gets_answers_as_the_same_commands_one_by_one() {
         String::from_utf8_lossy(&one_by_one(zdb.port, &commands)),
         want
     );
+    // Large values: a batch stops once its replies reach the point where they are written
+    // out, and the GETs after that point still answer in order.
+    let mut con = zdb.connection();
+    let values: Vec<Vec<u8>> = (0..5u8).map(|i| vec![b'a' + i; 700_000]).collect();
+    for (i, value) in values.iter().enumerate() {
+        cmd(&mut con, &[b"SET", format!("big{i}").as_bytes(), value]).unwrap();
+    }
+    let mut pipe = redis::pipe();
+    for i in [0, 1, 4, 2, 3, 0] {
+        pipe.cmd("GET").arg(format!("big{i}"));
+    }
+    pipe.cmd("GET").arg("new1");
+    let got: Vec<Vec<u8>> = pipe.query(&mut con).unwrap();
+    let mut expected: Vec<Vec<u8>> = [0, 1, 4, 2, 3, 0]
+        .iter()
+        .map(|&i| values[i].clone())
+        .collect();
+    expected.push(b"n1".to_vec());
+    assert!(
+        got == expected,
+        "large values came back wrong or out of order"
+    );
     zdb.stop();
 }

@@ -215,20 +215,24 @@ pub fn is_get(args: &[&[u8]]) -> bool {
 
 /// Runs consecutive GETs of `keys` (see [`is_get`]) as [`execute`] would run them one by
 /// one, replies included, for as long as their values are in memory
-/// (`Engine::get_many_in_memory`); returns how many it ran. The caller runs the next one
-/// with [`execute`].
+/// (`Engine::get_many_in_memory`) and their values add up to less than `value_bytes_max`;
+/// returns how many it ran. The caller runs the next one with [`execute`].
 pub fn execute_gets(
     server: &ServerState,
     session: &Session,
     keys: &[&[u8]],
+    value_bytes_max: usize,
     out: &mut Vec<u8>,
 ) -> usize {
-    server
-        .engine
-        .get_many_in_memory(&session.namespace, keys, |value| match value {
+    server.engine.get_many_in_memory(
+        &session.namespace,
+        keys,
+        value_bytes_max,
+        |value| match value {
             Some(value) => reply::bulk(out, value),
             None => reply::nil(out),
-        })
+        },
+    )
 }
 
 /// Runs one command. `args[0]` is the command name.
