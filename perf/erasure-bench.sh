@@ -207,9 +207,12 @@ rs42 = rates.get("rs-encode-4+2/reed-solomon-erasure-simd")
 if rs42:
     out.append(f"Reed-Solomon 4+2 encode: {rs42:.2f} GB/s per core (target 4 GB/s).")
 stage = {}
+stage_rounds = ""
 for line in open(stage_path):
     parts = line.split()
-    if len(parts) == 2:
+    if len(parts) == 2 and parts[0] == "put_over_store_rounds":
+        stage_rounds = parts[1].replace(",", ", ")
+    elif len(parts) == 2:
         stage[parts[0]] = float(parts[1])
 if stage:
     st = stage
@@ -226,7 +229,9 @@ if stage:
     out.append(f"| whole put | {st['whole_put_mib_s']:.0f} | {st['put_client_cpu_ns_per_byte']:.3f} | "
                f"{st['put_servers_cpu_ns_per_byte']:.3f} | {st.get('put_cpu_bound_mib_s', 0):.0f} |")
     out.append("")
-    out.append(f"- The whole put reaches **{st['put_over_store'] * 100:.0f}% of its slowest stage alone** (target 85%).")
+    out.append(f"- The whole put reaches **{st['put_over_store_median'] * 100:.0f}% of its slowest stage alone**, the "
+               f"median of the rounds' ratios (the two of a round run next to each other: {stage_rounds}); "
+               f"{st['put_over_store'] * 100:.0f}% as the ratio of the two bests (target 85%).")
     if st.get('put_cpu_bound_mib_s'):
         out.append(f"- Here the servers and the client share {cores} cores, so the put's encoding takes CPU from the "
                    f"servers: with no stall at all the put could reach {st['put_cpu_bound_mib_s'] / st['store_cpu_bound_mib_s'] * 100:.0f}% "
