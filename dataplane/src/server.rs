@@ -169,26 +169,18 @@ where
                     let run = if is_inline {
                         None
                     } else {
-                        run_gets(
-                            state,
-                            &session,
-                            &input,
-                            consumed,
-                            &mut ranges,
-                            &mut inline,
-                            &mut out,
+                        run_gets(state, &session, &input, consumed, &ranges, &mut out).or_else(
+                            || {
+                                run_plain_sets(
+                                    state,
+                                    &mut session,
+                                    &input,
+                                    consumed,
+                                    &ranges,
+                                    &mut out,
+                                )
+                            },
                         )
-                        .or_else(|| {
-                            run_plain_sets(
-                                state,
-                                &mut session,
-                                &input,
-                                consumed,
-                                &mut ranges,
-                                &mut inline,
-                                &mut out,
-                            )
-                        })
                     };
                     if let Some((run_bytes, count)) = run {
                         wrote |= session.pending_ticket != before;
@@ -266,21 +258,23 @@ fn next_command(
 const SET_RUN_MAX: usize = 64;
 
 /// The run of consecutive commands at the front of `input` that `pick` takes, at most `max`
-/// of them; the front one's `consumed` bytes are already parsed into `ranges`. `pick` gets a
-/// command's arguments and their ranges in `input`; each command taken gives what `pick` made
-/// of it and where the command after it starts. Empty, `ranges` untouched, when `pick` does
-/// not take the front one; otherwise `ranges` is left holding a later command's arguments.
+/// of them; the front one's `consumed` bytes are already parsed into `front` (the caller's
+/// ranges, left as they are: the commands after it are parsed into buffers of this call).
+/// `pick` gets a command's arguments and their ranges in `input`; each command taken gives
+/// what `pick` made of it and where the command after it starts. Empty when `pick` does not
+/// take the front one.
 fn collect_run<T>(
     input: &[u8],
     consumed: usize,
-    ranges: &mut Vec<std::ops::Range<usize>>,
-    inline: &mut Vec<u8>,
+    front: &[std::ops::Range<usize>],
     max: usize,
     mut pick: impl FnMut(&[&[u8]], &[std::ops::Range<usize>]) -> Option<T>,
 ) -> smallvec::SmallVec<[(T, usize); SET_RUN_MAX]> {
     let mut run = smallvec::SmallVec::new();
+    let (mut ahead, mut ahead_inline) = (Vec::new(), Vec::new());
     let (mut at, mut length) = (0, consumed);
     loop {
+        let ranges = if run.is_empty() { front } else { &ahead[..] };
         let placed: smallvec::SmallVec<[std::ops::Range<usize>; 3]> =
             ranges.iter().map(|r| r.start + at..r.end + at).collect();
         let args: smallvec::SmallVec<[&[u8]; 3]> =
@@ -293,7 +287,7 @@ fn collect_run<T>(
         if run.len() >= max {
             break;
         }
-        let Some(next) = next_command(input, at, ranges, inline) else {
+        let Some(next) = next_command(input, at, &mut ahead, &mut ahead_inline) else {
             break;
         };
         length = next;
@@ -309,20 +303,12 @@ fn run_plain_sets(
     session: &mut Session,
     input: &[u8],
     consumed: usize,
-    ranges: &mut Vec<std::ops::Range<usize>>,
-    inline: &mut Vec<u8>,
+    ranges: &[std::ops::Range<usize>],
     out: &mut Vec<u8>,
 ) -> Option<(usize, u64)> {
-    let run = collect_run(
-        input,
-        consumed,
-        ranges,
-        inline,
-        SET_RUN_MAX,
-        |args, placed| {
-            commands::is_plain_set(session, args).then(|| (placed[1].clone(), placed[2].clone()))
-        },
-    );
+    let run = collect_run(input, consumed, ranges, SET_RUN_MAX, |args, placed| {
+        commands::is_plain_set(session, args).then(|| (placed[1].clone(), placed[2].clone()))
+    });
     let &(_, end) = run.last()?;
     let sets: smallvec::SmallVec<[(&[u8], &[u8]); SET_RUN_MAX]> = run
         .iter()
@@ -335,25 +321,18 @@ fn run_plain_sets(
 /// When the command at the front of `input` (its `consumed` bytes parsed into `ranges`) is a
 /// GET, runs it with the GETs right after it for as long as their values are in memory
 /// (`commands::execute_gets`) and returns the bytes and the number of commands they took;
-/// `None` when it ran none (the main loop then runs the front one on its own, `ranges`
-/// holding its arguments again).
+/// `None` when it ran none (the main loop then runs the front one on its own).
 fn run_gets(
     state: &ServerState,
     session: &Session,
     input: &[u8],
     consumed: usize,
-    ranges: &mut Vec<std::ops::Range<usize>>,
-    inline: &mut Vec<u8>,
+    ranges: &[std::ops::Range<usize>],
     out: &mut Vec<u8>,
 ) -> Option<(usize, u64)> {
-    let run = collect_run(
-        input,
-        consumed,
-        ranges,
-        inline,
-        GET_RUN_MAX,
-        |args, placed| commands::is_get(args).then(|| placed[1].clone()),
-    );
+    let run = collect_run(input, consumed, ranges, GET_RUN_MAX, |args, placed| {
+        commands::is_get(args).then(|| placed[1].clone())
+    });
     if run.is_empty() {
         return None;
     }
@@ -362,12 +341,8 @@ fn run_gets(
     // Replies are written out at REPLY_FLUSH_BYTES: a batch of large values stops there too.
     let value_bytes_max = REPLY_FLUSH_BYTES.saturating_sub(out.len());
     let served = commands::execute_gets(state, session, &keys, value_bytes_max, out);
-    if served == 0 {
-        // The front GET runs on its own: `ranges` back to its arguments.
-        next_command(input, 0, ranges, inline);
-        return None;
-    }
-    Some((run[served - 1].1, served as u64))
+    let &(_, end) = run.get(served.checked_sub(1)?)?;
+    Some((end, served as u64))
 }
 
 /// Writes the replies gathered so far. When they acknowledge writes, those are committed
