@@ -1329,16 +1329,12 @@ impl Engine {
             if let Some(value) = state.cache.get(place) {
                 return Ok(Some(use_value(value)));
             }
-            if let Some(bytes) = state.written_record(key, &entry) {
-                // The engine's own bytes, never read back from storage: served like a
-                // pending record (layout and key checked; the checksums guard the disk).
-                // Anything unexpected falls through to the file.
-                if let Ok(header) = record::decode_unsealed(bytes) {
-                    let key_end = HEADER_BYTES + header.key_len as usize;
-                    if &bytes[HEADER_BYTES..key_end] == key {
-                        return Ok(Some(use_value(&bytes[key_end..])));
-                    }
-                }
+            // Anything unexpected in a kept buffer falls through to the file.
+            if let Some(value) = state
+                .written_record(key, &entry)
+                .and_then(|bytes| written_value(bytes, key))
+            {
+                return Ok(Some(use_value(value)));
             }
         }
         let (bytes, header) = self.read_record_locked(namespace, state, key, entry)?;
@@ -1411,16 +1407,10 @@ impl Engine {
             let value = match found {
                 Found::Missing => None,
                 Found::Value(value) => Some(value),
-                // As in `get_with`: layout and key checked, anything unexpected goes to
-                // the file.
-                Found::Record(bytes) => match record::decode_unsealed(bytes) {
-                    Ok(header)
-                        if bytes.get(HEADER_BYTES..HEADER_BYTES + header.key_len as usize)
-                            == Some(*key) =>
-                    {
-                        Some(&bytes[HEADER_BYTES + header.key_len as usize..])
-                    }
-                    _ => break,
+                // Anything unexpected goes to the file, as in `get_with`.
+                Found::Record(bytes) => match written_value(bytes, key) {
+                    Some(value) => Some(value),
+                    None => break,
                 },
                 Found::Elsewhere => break,
             };
@@ -2799,6 +2789,16 @@ impl Namespace {
     pub fn settings(&self) -> Settings {
         lock(&self.state).settings.clone()
     }
+}
+
+/// The value of the record at the start of `bytes`, a kept write buffer's: the engine's own
+/// bytes, never read back from storage, so served like a pending record (layout and key
+/// checked; the checksums guard what comes back from a disk). `None` when anything is
+/// unexpected.
+fn written_value<'b>(bytes: &'b [u8], key: &[u8]) -> Option<&'b [u8]> {
+    let header = record::decode_unsealed(bytes).ok()?;
+    let key_end = HEADER_BYTES + header.key_len as usize;
+    (bytes.get(HEADER_BYTES..key_end)? == key).then(|| &bytes[key_end..])
 }
 
 /// Loads every cache line of the head of `bytes` (header, key and a small value span three
